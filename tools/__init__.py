@@ -1,0 +1,1 @@
+"""Command-line tools fronted by the `interest` console command."""
