@@ -1,0 +1,307 @@
+"""The service without its sockets: store, writer, actors, and the api ops.
+
+``Service.handle(op, request, reply)`` answers one api request through
+``reply(result | InterestError)``, possibly later and from another thread.
+``Service.ingest_events(events)`` takes fire-and-forget events from the
+ingest socket. The gateway (engine.gateway) puts sockets in front of it;
+tests and the evaluation harness may call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from actors.catalog import CatalogActor
+from actors.messages import Apply, Query
+from actors.runtime import ActorDirectory, Dispatcher
+from actors.user import UserActor, UserEnv, answer
+from engine.catalog import Catalog
+from engine.codec import CATALOG_STREAM
+from engine.errors import BadRequest, InterestError
+from engine.events import CATALOG_TYPES, PROFILE_TYPE, Event, parse_event
+from engine.recommend import Recommender
+from engine.state import FoldParams, InterestState
+from engine.store import APPENDED, Store, open_store
+from engine.writer import WriteJob, Writer
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+USER_OPS = ("interests", "recommend", "explain")
+
+
+class Completion:
+    """Counts down deliveries; runs its callbacks (once) when all are done."""
+
+    def __init__(self, count: int, on_done: Callable[[], None] | None = None):
+        self._lock = threading.Lock()
+        self._remaining = count
+        self._callbacks = [on_done] if on_done else []
+        if count == 0:
+            self._fire()
+
+    def done(self) -> None:
+        with self._lock:
+            self._remaining -= 1
+            fire = self._remaining == 0
+        if fire:
+            self._fire()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if self._remaining > 0:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def _fire(self) -> None:
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+class Latencies:
+    """Bounded reservoir of recent latencies per op, for percentiles in ``stats``."""
+
+    def __init__(self, size: int = 2048):
+        self._samples: dict[str, deque] = {}
+        self._size = size
+
+    def add(self, op: str, ms: float) -> None:
+        self._samples.setdefault(op, deque(maxlen=self._size)).append(ms)
+
+    def summary(self) -> dict:
+        out = {}
+        for op, samples in list(self._samples.items()):
+            data = sorted(samples)
+            if data:
+                out[op] = {"n": len(data), "p50_ms": data[len(data) // 2],
+                           "p99_ms": data[min(len(data) - 1, int(len(data) * 0.99))]}
+        return out
+
+
+class Service:
+    def __init__(self, config: dict, data_dir: str | Path | None = None, *,
+                 store: Store | None = None, inference: Any = None):
+        self.config = config
+        self.limits = config["limits"]
+        self.started_at = time.time()
+        data_dir = Path(data_dir or config["service"]["data_dir"])
+        self.data_dir = data_dir
+        self.store = store if store is not None else open_store(config, data_dir)
+        self.params = FoldParams.from_config(config)
+        self.catalog = Catalog()
+        self.recommender = Recommender(self.catalog, self.params,
+                                       config["recommend"]["popularity_half_life_s"])
+        self.writer = Writer(self.store, config["writer"]["max_batch"])
+        rt = config["runtime"]
+        self.dispatcher = Dispatcher(rt["workers"], rt["throughput"], name="users")
+        self.env = UserEnv(store=self.store, writer=self.writer, params=self.params,
+                           recommender=self.recommender, snapshot_every=rt["snapshot_every"],
+                           max_k=self.limits["max_k"],
+                           default_k=config["recommend"]["default_k"])
+        self.inference = inference
+        self.users = ActorDirectory(lambda user: UserActor.spawn(self.dispatcher, user, self.env),
+                                    idle_seconds=rt["idle_seconds"],
+                                    max_live=rt["max_live_actors"])
+        self.catalog_actor = CatalogActor.spawn(self.dispatcher, self.catalog, self.store)
+        self.counters: Counter = Counter()
+        self.latencies = Latencies()
+        self._inflight: set[Completion] = set()
+        self._inflight_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+        self._sweeper.start()
+        self._warm_recommender()
+
+    def _warm_recommender(self) -> None:
+        """Rebuild the in-memory global models (popularity) from the journal."""
+        self.catalog_actor.ask(None, block=True, timeout=60)   # catalog loaded
+        for entry in self.store.read_all():
+            self._observe(entry)
+
+    def _observe(self, entry) -> None:
+        if entry.stream != CATALOG_STREAM and entry.event["type"] != PROFILE_TYPE:
+            self.recommender.observe(entry)
+
+    # ------------------------------------------------------------ ingest
+
+    def ingest_events(self, events: list[Event], done: Callable | None = None) -> None:
+        """Commit then apply ``events``; ``done(results | InterestError)`` when applied."""
+        job = WriteJob(events=[(_stream_of(e), e.to_wire()) for e in events])
+        job.done = lambda results: self._committed(results, done)
+        self.counters["received"] += len(events)
+        self.writer.submit(job)
+
+    def _committed(self, results, done: Callable | None) -> None:
+        """Runs on the writer thread, in commit order: hand entries to their actors."""
+        if isinstance(results, InterestError):
+            self.counters["commit_failures"] += 1
+            if done is not None:
+                done(results)
+            return
+        by_stream: dict[str, list] = {}
+        for result in results:
+            if result.status == APPENDED:
+                by_stream.setdefault(result.stored.stream, []).append(result.stored)
+                self._observe(result.stored)
+            else:
+                self.counters["duplicates"] += 1
+        completion = Completion(len(by_stream))
+        self._track(completion)
+        if done is not None:
+            completion.add_callback(lambda: done(results))
+        for stream, entries in by_stream.items():
+            message = Apply(entries, completion.done)
+            if stream == CATALOG_STREAM:
+                self.catalog_actor.tell(message)
+            else:
+                self.users.tell(stream, message)
+
+    def _track(self, completion: Completion) -> None:
+        with self._inflight_lock:
+            self._inflight.add(completion)
+
+        def untrack():
+            with self._inflight_lock:
+                self._inflight.discard(completion)
+        completion.add_callback(untrack)
+
+    def flush(self, on_done: Callable[[], None]) -> None:
+        """``on_done()`` once everything submitted before now is durable and applied."""
+        def at_barrier():
+            with self._inflight_lock:
+                pending = list(self._inflight)
+            group = Completion(len(pending), on_done)
+            for completion in pending:
+                completion.add_callback(group.done)
+        self.writer.barrier(at_barrier)
+
+    # ------------------------------------------------------------ api ops
+
+    def handle(self, op: Any, request: dict, reply: Callable[[Any], None]) -> None:
+        self.counters[f"op.{op}"] += 1
+        try:
+            if op == "ping":
+                reply({"version": PROTOCOL_VERSION, "uptime_s": time.time() - self.started_at})
+            elif op == "stats":
+                reply(self.stats())
+            elif op == "ingest":
+                self._op_ingest(request, reply)
+            elif op == "flush":
+                self.flush(lambda: reply({"applied": self.env.stats["applied"]}))
+            elif op in USER_OPS:
+                self._op_user(op, request, reply)
+            else:
+                raise BadRequest(f"unknown op {op!r}; expected one of "
+                                 f"{['ping', 'ingest', 'flush', *USER_OPS, 'stats']}")
+        except InterestError as exc:
+            reply(exc)
+
+    def _op_ingest(self, request: dict, reply) -> None:
+        raw = request.get("events")
+        if not isinstance(raw, list):
+            raise BadRequest("field 'events' must be a list of event maps")
+        if len(raw) > self.limits["max_batch_events"]:
+            raise BadRequest(f"field 'events' has {len(raw)} events; the limit is "
+                             f"{self.limits['max_batch_events']}")
+        events, rejected = parse_batch(raw, self.limits)
+        self.counters["rejected"] += len(rejected)
+
+        def done(results):
+            if isinstance(results, InterestError):
+                reply(results)
+                return
+            duplicates = sum(1 for r in results if r.status != APPENDED)
+            reply({"accepted": len(results) - duplicates, "duplicates": duplicates,
+                   "rejected": rejected})
+        self.ingest_events(events, done)
+
+    def _op_user(self, op: str, request: dict, reply) -> None:
+        user = request.get("user")
+        if not isinstance(user, str) or not user:
+            raise BadRequest("field 'user' is required and must be a non-empty string")
+        query = Query(op, request, reply)
+        if user in self.users.keys_view() or self.store.last_seq(user) > 0:
+            self.users.tell(user, query)
+            return
+        # unknown user: the cold-start answer, without activating an actor
+        self.counters["unknown_user_queries"] += 1
+        reply(answer(op, request, InterestState(user=user), self.env))
+
+    # -------------------------------------------------------------- stats
+
+    def stats(self) -> dict:
+        proc = psutil.Process()
+        counters = dict(self.counters)
+        return {
+            "counters": counters,
+            "received": counters.get("received", 0),
+            "applied": self.env.stats["applied"],
+            "duplicates": counters.get("duplicates", 0),
+            "rejected": counters.get("rejected", 0),
+            "live_actors": len(self.users),
+            "activations": self.users.activations,
+            "passivations": self.users.passivations,
+            "snapshots": self.env.stats["snapshots"],
+            "catalog_items": len(self.catalog),
+            "writer": {"commits": self.writer.commits, "events": self.writer.committed_events,
+                       "failed": self.writer.failed_commits, "queue": self.writer.depth()},
+            "latency": self.latencies.summary(),
+            "threads": threading.active_count(),
+            "rss_mb": proc.memory_info().rss / 2**20,
+            "inference": self.inference.stats() if self.inference is not None else
+            {"available": False},
+        }
+
+    # ---------------------------------------------------------- lifecycle
+
+    def _sweep_loop(self) -> None:
+        period = self.config["runtime"]["sweep_seconds"]
+        while not self._stopping.wait(period):
+            try:
+                self.users.sweep()
+            except Exception:  # noqa: BLE001
+                logger.exception("passivation sweep failed")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        done = threading.Event()
+        self.flush(done.set)
+        done.wait(timeout)
+        self.users.stop_all(timeout)
+        try:
+            self.catalog_actor.stop(block=True, timeout=timeout)
+        except Exception:  # noqa: BLE001
+            pass
+        finished = threading.Event()
+        self.writer.barrier(finished.set)     # final snapshots are committed
+        finished.wait(timeout)
+        self.writer.stop(timeout)
+        self.dispatcher.shutdown(timeout)
+        if self.inference is not None:
+            self.inference.stop(timeout)
+        self.store.close()
+
+
+def _stream_of(event: Event) -> str:
+    return CATALOG_STREAM if event.type in CATALOG_TYPES else event.user
+
+
+def parse_batch(raw: list, limits: dict) -> tuple[list[Event], list[dict]]:
+    """Validate a list of event maps: (valid events, rejected [{index, code, message}])."""
+    events, rejected = [], []
+    for index, obj in enumerate(raw):
+        try:
+            events.append(parse_event(obj, limits))
+        except BadRequest as exc:
+            rejected.append({"index": index, "code": exc.code, "message": str(exc)})
+    return events, rejected
