@@ -3,11 +3,14 @@
 Scores are kept relative to a reference time ``t0`` so that adding an event
 never touches the others; when the exponent grows large, every score is
 rescaled and ``t0`` moves forward. Ranking by the stored score equals ranking
-by the score decayed to any later time. Thread-safe (one lock).
+by the score decayed to any later time. The largest score is tracked
+incrementally (scores only grow between rebases), so a normalised score is
+one dict lookup. Thread-safe (one lock); state survives a msgpack round trip.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 
@@ -15,11 +18,16 @@ _REBASE_AT = 256.0   # doublings before rescaling (2**256 is far from float over
 
 
 class Popularity:
-    def __init__(self, half_life_s: float):
-        self.half_life = half_life_s
+    def __init__(self, half_life_s: float, top_n: int = 200, top_every: int = 256):
+        self.half_life = float(half_life_s)
         self.t0: float | None = None
         self.scores: dict[str, float] = {}
         self.counts: dict[str, int] = {}
+        self.max_score = 0.0
+        self.adds = 0
+        self.top_n = top_n
+        self.top_every = top_every
+        self._top: list[str] = []
         self._lock = threading.Lock()
 
     def add(self, item: str, ts: float, weight: float = 1.0) -> None:
@@ -30,12 +38,27 @@ class Popularity:
             if exponent > _REBASE_AT:
                 self._rebase(ts)
                 exponent = 0.0
-            self.scores[item] = self.scores.get(item, 0.0) + weight * math.exp2(exponent)
+            value = self.scores.get(item, 0.0) + weight * math.exp2(exponent)
+            self.scores[item] = value
+            if value > self.max_score:
+                self.max_score = value
             self.counts[item] = self.counts.get(item, 0) + 1
+            self.adds += 1
+            # the candidate list is refreshed on the write path, so it is a
+            # function of the events seen (replay gives the same list)
+            if self.adds % self.top_every == 1 or len(self._top) < self.top_n:
+                self._refresh_top()
+            elif item not in self._top and self._top and value > self.scores[self._top[-1]]:
+                self._refresh_top()
+
+    def _refresh_top(self) -> None:
+        self._top = [k for _, k in heapq.nsmallest(
+            self.top_n, ((-v, k) for k, v in self.scores.items()))]
 
     def _rebase(self, ts: float) -> None:
         factor = math.exp2(-(ts - self.t0) / self.half_life)
         self.scores = {k: v * factor for k, v in self.scores.items()}
+        self.max_score = max(self.scores.values(), default=0.0)
         self.t0 = ts
 
     def top(self, n: int) -> list[tuple[str, float]]:
@@ -43,10 +66,41 @@ class Popularity:
             ranked = sorted(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))
         return ranked[:n]
 
+    def candidates(self) -> list[str]:
+        """The (roughly) ``top_n`` most popular items, refreshed as events arrive."""
+        return self._top
+
+    def get(self, item: str) -> float:
+        """Normalised score of one item (the most popular scores 1)."""
+        top = self.max_score
+        return self.scores.get(item, 0.0) / top if top > 0 else 0.0
+
     def normalised(self) -> dict[str, float]:
         """Scores divided by the largest, so the best item scores 1."""
         with self._lock:
             if not self.scores:
                 return {}
-            top = max(self.scores.values())
+            top = self.max_score
             return {k: v / top for k, v in self.scores.items()} if top > 0 else {}
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    # ------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict:
+        with self._lock:
+            return {"half_life": self.half_life, "t0": self.t0, "scores": dict(self.scores),
+                    "counts": dict(self.counts), "max": self.max_score, "adds": self.adds,
+                    "top_n": self.top_n, "top_every": self.top_every, "top": list(self._top)}
+
+    @classmethod
+    def from_dict(cls, obj: dict) -> "Popularity":
+        pop = cls(obj["half_life"], obj.get("top_n", 200), obj.get("top_every", 256))
+        pop.t0 = obj["t0"]
+        pop.scores = dict(obj["scores"])
+        pop.counts = dict(obj["counts"])
+        pop.max_score = obj["max"]
+        pop.adds = obj["adds"]
+        pop._top = list(obj["top"])
+        return pop

@@ -181,7 +181,7 @@ class _MemoryTxn(_Txn):
     def put_event(self, entry):
         self.ids.add(entry.event["id"])
         self.heads[entry.stream] = entry.seq
-        self.entries.append(entry)
+        self.entries.append((entry.stream, entry.encode()))   # stored as bytes, like LMDB
 
     def put_item(self, item, record):
         self.items[item] = record
@@ -200,9 +200,9 @@ class _MemoryTxn(_Txn):
     def publish(self):
         s = self.s
         s._ids |= self.ids
-        for entry in self.entries:
-            s._journal.setdefault(entry.stream, []).append(entry)
-            s._log.append(entry)
+        for stream, data in self.entries:
+            s._journal.setdefault(stream, []).append(data)
+            s._log.append(data)
         s._items.update(self.items)
         s._attrs.update(self.attrs)
         s._snapshots.update(self.snapshots)
@@ -216,8 +216,8 @@ class MemoryStore(Store):
     def __init__(self):
         self._lock = threading.Lock()
         self._ids: set[str] = set()
-        self._journal: dict[str, list[StoredEvent]] = {}
-        self._log: list[StoredEvent] = []
+        self._journal: dict[str, list[bytes]] = {}
+        self._log: list[bytes] = []
         self._items: dict[str, dict] = {}
         self._attrs: dict[str, dict] = {}
         self._snapshots: dict[str, tuple[int, bytes]] = {}
@@ -234,12 +234,12 @@ class MemoryStore(Store):
     def read(self, stream, after_seq=0):
         with self._lock:
             entries = list(self._journal.get(stream, ())[after_seq:])
-        return iter(entries)
+        return map(StoredEvent.decode, entries)
 
     def read_all(self, after_gseq=0):
         with self._lock:
             entries = list(self._log[after_gseq:])
-        return iter(entries)
+        return map(StoredEvent.decode, entries)
 
     def last_seq(self, stream):
         with self._lock:

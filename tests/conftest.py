@@ -1,0 +1,60 @@
+"""Shared fixtures: every socket, context, actor and server is owned by a fixture
+and torn down with a time limit. Addresses use random localhost ports."""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from engine.client import Client, Publisher
+from engine.config import load_config
+from engine.server import Server
+
+RANDOM_PORT = "tcp://127.0.0.1:*"
+
+
+def event(id_, type_="view", user="u1", item="m1", ts=100.0, **extra):
+    obj = {"v": 1, "id": id_, "type": type_, "ts": ts, "user": user}
+    if item is not None:
+        obj["item"] = item
+    obj.update(extra)
+    return obj
+
+
+def item_event(item, tags, title=None, ts=1.0):
+    return {"v": 1, "id": f"item-{item}-{ts}", "type": "item", "ts": ts, "item": item,
+            "title": title or f"Title {item}", "tags": list(tags)}
+
+
+@pytest.fixture
+def config():
+    return load_config(store={"sync": False}, inference={"enabled": False},
+                       runtime={"sweep_seconds": 0.2})
+
+
+@pytest.fixture
+def context():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def server(config, tmp_path):
+    srv = Server(config, tmp_path / "data", ingest=RANDOM_PORT, api=RANDOM_PORT)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server, context):
+    c = Client(server.api, timeout=10, context=context)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def publisher(server, context):
+    p = Publisher(server.ingest, context=context)
+    yield p
+    p.close(linger_ms=0)

@@ -1,0 +1,105 @@
+"""The pooled runtime: many actors, few threads, one message at a time per actor."""
+
+import threading
+import time
+
+import pytest
+
+from actors.runtime import ActorDirectory, Dispatcher, PooledActor
+
+
+class Recorder(PooledActor):
+    def __init__(self, log=None):
+        super().__init__()
+        self.seen = []
+        self.active = 0
+        self.overlaps = 0
+        self.log = log
+
+    def on_receive(self, message):
+        """Runs on a dispatcher worker."""
+        self.active += 1
+        if self.active > 1:
+            self.overlaps += 1
+        self.seen.append(message)
+        time.sleep(0)
+        self.active -= 1
+        return (list(self.seen), self.overlaps, threading.current_thread().name)
+
+    def on_stop(self):
+        if self.log is not None:
+            self.log.append("stopped")
+
+
+@pytest.fixture
+def dispatcher():
+    d = Dispatcher(workers=2, throughput=4, name="test")
+    yield d
+    d.shutdown(timeout=5)
+
+
+@pytest.fixture
+def refs(dispatcher):
+    made = []
+    yield made
+    for ref in made:
+        if ref.is_alive():
+            ref.stop(timeout=5)
+
+
+def test_messages_are_handled_in_order_one_at_a_time(dispatcher, refs):
+    ref = Recorder.spawn(dispatcher)
+    refs.append(ref)
+    for i in range(500):
+        ref.tell(i)
+    seen, overlaps, thread = ref.ask("last", timeout=5)   # the last future is the barrier
+    assert seen == list(range(500)) + ["last"]
+    assert overlaps == 0
+    assert thread.startswith("test-")
+
+
+def test_many_actors_share_a_bounded_set_of_threads(dispatcher, refs):
+    before = threading.active_count()
+    refs.extend(Recorder.spawn(dispatcher) for _ in range(2000))
+    for n in range(3):
+        for ref in refs:
+            ref.tell(n)
+    futures = [ref.ask("end", block=False) for ref in refs]
+    results = [f.get(timeout=10) for f in futures]
+    assert all(seen == [0, 1, 2, "end"] for seen, _, _ in results)
+    assert {thread for _, _, thread in results} <= {"test-0", "test-1"}
+    assert threading.active_count() == before
+
+
+def test_failure_in_ask_is_returned_to_the_caller(dispatcher, refs):
+    class Boom(PooledActor):
+        def on_receive(self, message):
+            raise ValueError(message)
+
+    ref = Boom.spawn(dispatcher)
+    refs.append(ref)
+    with pytest.raises(ValueError, match="bad"):
+        ref.ask("bad", timeout=5)
+    assert ref.is_alive()
+
+
+def test_directory_activates_passivates_and_reactivates(dispatcher):
+    log = []
+    directory = ActorDirectory(lambda key: Recorder.spawn(dispatcher, log),
+                               idle_seconds=60, max_live=2)
+    try:
+        for key in ("a", "b", "c"):
+            directory.tell(key, key)
+        directory.ask("c", "sync").get(timeout=5)
+        assert directory.sweep() == 1            # beyond max_live: least recently used
+        assert sorted(directory.keys()) == ["b", "c"]
+        assert directory.sweep(now=time.monotonic() + 120) == 2   # idle
+        deadline = time.monotonic() + 5
+        while len(log) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert log == ["stopped"] * 3
+        seen, _, _ = directory.ask("a", "again").get(timeout=5)
+        assert seen == ["again"]                  # a fresh activation
+        assert directory.activations == 4 and directory.passivations == 3
+    finally:
+        directory.stop_all(timeout=5)

@@ -1,0 +1,48 @@
+"""The `interest` command: one entry point, a subcommand per tool.
+
+Each tool lives in its own module with ``main(argv) -> int``; this file only
+routes to it, importing lazily so `interest query` does not load the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+COMMANDS = {
+    "serve": ("tools.serve", "run the service"),
+    "publish": ("tools.publish", "send a file of events (JSON lines, msgpack, MovieLens)"),
+    "replay": ("tools.replay", "check, export or re-publish the journal"),
+    "query": ("tools.query", "send one api request, print the JSON reply"),
+    "bench": ("tools.bench", "benchmarks: ingest, inference, recommend"),
+    "train": ("tools.train", "build the collaborative model from a journal or dataset"),
+    "eval": ("tools.eval", "evaluate on MovieLens-100K (prequential and leave-one-out)"),
+    "explain": ("tools.explain_report", "explain a user's interests, optionally as HTML"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: interest COMMAND [ARGS...]", "", "commands:"]
+    for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            lines.append(f"  {name:<9} {help_text}")
+    lines.append("\n`interest COMMAND --help` for a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    entry = COMMANDS.get(argv[0])
+    if entry is None or importlib.util.find_spec(entry[0]) is None:
+        print(f"interest: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(entry[0])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
