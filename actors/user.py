@@ -61,8 +61,15 @@ class UserActor(PooledActor):
         self.state: InterestState | None = None
         self.snapshot_version = 0
 
-    def on_start(self) -> None:
-        """Runs on a dispatcher worker: activate from snapshot + journal tail."""
+    def _activate(self, message) -> None:
+        """Load the state on the first message: snapshot + journal tail.
+
+        A first ``Apply`` that starts at seq 1 belongs to a brand-new user:
+        there is nothing to read, which keeps first contact cheap.
+        """
+        if isinstance(message, Apply) and message.entries and message.entries[0].seq == 1:
+            self.state = InterestState(user=self.user)
+            return
         self.state = load_state(self.env.store, self.user, self.env.params)
         snap = self.env.store.snapshot(self.user)
         self.snapshot_version = snap[0] if snap else 0
@@ -74,6 +81,8 @@ class UserActor(PooledActor):
 
     def on_receive(self, message):
         """Runs on a dispatcher worker, one message at a time."""
+        if self.state is None:
+            self._activate(message)
         if isinstance(message, Apply):
             self._apply(message.entries)
             if message.done is not None:

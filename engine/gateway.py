@@ -65,6 +65,7 @@ class Gateway:
                  context: zmq.Context | None = None):
         self.service = service
         self.limits = service.limits
+        self.job_events = service.config["writer"]["job_events"]
         self.ctx = context or zmq.Context.instance()
         self.ingest_addr, self.api_addr, self.feeds = ingest, api, list(feeds)
         self.outbox_addr = f"inproc://replies-{id(self)}-{next(_OUTBOX_IDS)}"
@@ -73,6 +74,7 @@ class Gateway:
         self._push_lock = threading.Lock()
         self._deadlines: list = []
         self._stop = threading.Event()
+        self._paused = False
         self._ready = threading.Event()
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
@@ -142,12 +144,19 @@ class Gateway:
             self._ready.set()
             return
         self._ready.set()
-        poller = zmq.Poller()
+        poller, paused = zmq.Poller(), zmq.Poller()
         for sock in (self._outbox, self._api, self._ingest, *self._subs):
             poller.register(sock, zmq.POLLIN)
+        for sock in (self._outbox, self._api):
+            paused.register(sock, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                ready = dict(poller.poll(self._poll_timeout_ms()))
+                # backpressure: while the actors are behind, ingest sockets are not read, so
+                # events wait in ZeroMQ's queues and producers block at their high-water mark
+                self._paused = self.service.busy()
+                if self._paused:
+                    self.service.counters["ingest_paused"] += 1
+                ready = dict((paused if self._paused else poller).poll(self._poll_timeout_ms()))
                 if self._outbox in ready:
                     self._drain_outbox()
                 if self._api in ready:
@@ -161,6 +170,8 @@ class Gateway:
                 sock.close(linger=0)
 
     def _poll_timeout_ms(self) -> int:
+        if self._paused:
+            return 1
         if not self._deadlines:
             return 50
         return max(0, min(50, int((self._deadlines[0][0] - time.monotonic()) * 1000) + 1))
@@ -181,7 +192,7 @@ class Gateway:
             except zmq.Again:
                 break
             events.extend(self._ingest_frame(frame))
-            if len(events) >= self.limits["max_batch_events"]:
+            if len(events) >= self.job_events:
                 break
         if events:
             self.service.ingest_events(events)

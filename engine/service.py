@@ -116,6 +116,7 @@ class Service:
         self.counters: Counter = Counter()
         self.latencies = Latencies()
         self._inflight: set[Completion] = set()
+        self.max_inflight = config["writer"]["max_inflight_batches"]
         self._inflight_lock = threading.Lock()
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
@@ -174,6 +175,10 @@ class Service:
             with self._inflight_lock:
                 self._inflight.discard(completion)
         completion.add_callback(untrack)
+
+    def busy(self) -> bool:
+        """True while committed-but-unapplied work exceeds the backpressure limit."""
+        return len(self._inflight) + self.writer.depth() > self.max_inflight
 
     def flush(self, on_done: Callable[[], None]) -> None:
         """``on_done()`` once everything submitted before now is durable and applied."""

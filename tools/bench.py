@@ -1,0 +1,21 @@
+"""`interest bench {ingest,inference,recommend}`: benchmarks that print one JSON object."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+BENCHES = {
+    "ingest": "tools.bench_ingest",
+    "inference": "tools.bench_inference",
+    "recommend": "tools.bench_recommend",
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in BENCHES or importlib.util.find_spec(BENCHES[argv[0]]) is None:
+        names = [n for n, m in BENCHES.items() if importlib.util.find_spec(m) is not None]
+        print(f"usage: interest bench {{{','.join(names)}}} [options]", file=sys.stderr)
+        return 2
+    return importlib.import_module(BENCHES[argv[0]]).main(argv[1:]) or 0
