@@ -874,7 +874,7 @@ class Inference:
                 raise
             logger.warning("running without a language model: %s", exc)
             return cls(available=False, reason=str(exc))
-        inbox = ref._actor.actor_inbox  # noqa: SLF001 - our own inbox, read for stats
+        inbox = ref.actor_inbox  # our own PriorityInbox, read for stats
         return cls(available=True, actor_ref=ref, inbox=inbox, stats=stats, cache=cache, info=info)
 
     # -- submitting ------------------------------------------------------------
@@ -987,7 +987,11 @@ class Inference:
         s["queue_depth"] = depth
         s["queued"] = sum(depth.values())
         s["coalesced"] = self._inbox.coalesced if self._inbox is not None else 0
-        for key in ("preemptions", "deadline_drops", "completed", "errors", "tokens"):
+        for key in (
+            "preemptions", "deadline_drops", "completed", "errors", "tokens", "tokens_wasted",
+            "generations", "generation_s", "profile_hits", "profile_misses", "embed_hits",
+            "embed_misses", "embedded", "unavailable",
+        ):
             s.setdefault(key, 0)
         ph, pm = s.get("profile_hits", 0), s.get("profile_misses", 0)
         eh, em = s.get("embed_hits", 0), s.get("embed_misses", 0)

@@ -60,6 +60,8 @@ class UserActor(PooledActor):
         self.env = env
         self.state: InterestState | None = None
         self.snapshot_version = 0
+        self.last_event_at = 0.0          # monotonic time of the last behaviour entry
+        self.refresh_armed = False        # a debounced profile refresh is scheduled
 
     def _activate(self, message) -> None:
         """Load the state on the first message: snapshot + journal tail.
@@ -92,6 +94,8 @@ class UserActor(PooledActor):
         elif isinstance(message, ProfileDone):
             if self.env.profiles is not None:
                 self.env.profiles.on_result(self, message.result)
+        elif self.env.profiles is not None:
+            self.env.profiles.on_message(self, message)
         return None
 
     # ------------------------------------------------------------ events
@@ -101,6 +105,7 @@ class UserActor(PooledActor):
         for entry in entries:
             if entry.seq <= state.version:
                 continue
+            env.recommender.feedback(state, entry)    # online fusion weights, before folding
             state.update(entry, env.params)
         env.stats["applied"] += len(entries)
         if state.version - self.snapshot_version >= env.snapshot_every:

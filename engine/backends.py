@@ -214,7 +214,7 @@ class LlamaBackend:
         return self._dim
 
     def _grammar(self, schema: dict) -> Any:
-        key = json.dumps(schema, sort_keys=True)
+        key = json.dumps(schema)  # not sort_keys: property order is the output order
         g = self._grammars.get(key)
         if g is None:
             g = self._llama_cpp.LlamaGrammar.from_json_schema(key, verbose=False)

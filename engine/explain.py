@@ -59,11 +59,5 @@ def _profile(state: InterestState) -> dict | None:
 
 
 def explain_item(state: InterestState, env, item: str) -> dict:
-    full = env.recommender.recommend(state, k=max(1, len(env.recommender.catalog)),
-                                     exclude_seen=False)
-    rank = next((i + 1 for i, row in enumerate(full["items"]) if row["item"] == item), None)
-    row = next((row for row in full["items"] if row["item"] == item), None)
-    return {"item": item, "rank": rank, "seen": item in state.seen,
-            "score": row["score"] if row else None,
-            "sources": row["sources"] if row else {}, "strategy": full["strategy"],
-            "weights": full["weights"]}
+    """The item's score source by source, the fusion weights and its rank."""
+    return env.recommender.explain(state, item)

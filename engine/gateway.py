@@ -248,6 +248,8 @@ class Gateway:
         self.service.handle(op, request, reply)
 
     def _watch_deadline(self, request: dict, reply: Reply) -> None:
+        if request.get("op") == "interests":
+            return      # answers by its deadline itself: from state, with llm.stale set
         key = "timeout_ms" if request.get("op") == "flush" else "deadline_ms"
         ms = request.get(key)
         if ms is None:

@@ -21,6 +21,7 @@ class Server:
         self.gateway = Gateway(self.service, ingest or svc["ingest"], api or svc["api"],
                                svc.get("feeds", ()))
         self.gateway.start()
+        self._stopped = False
         logger.info("serving: ingest %s, api %s, data %s", self.gateway.bound["ingest"],
                     self.gateway.bound["api"], self.service.data_dir)
 
@@ -33,6 +34,10 @@ class Server:
         return self.gateway.bound["api"]
 
     def stop(self) -> None:
+        """Stop sockets, then the service (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.gateway.stop()
         self.service.stop()
 

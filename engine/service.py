@@ -26,7 +26,8 @@ from engine.catalog import Catalog
 from engine.codec import CATALOG_STREAM
 from engine.errors import BadRequest, InterestError
 from engine.events import CATALOG_TYPES, PROFILE_TYPE, Event, parse_event
-from engine.recommend import Recommender
+from engine.profiles import ProfileScheduler
+from engine.recommend import Recommender, model_path
 from engine.state import FoldParams, InterestState
 from engine.store import APPENDED, Store, open_store
 from engine.writer import WriteJob, Writer
@@ -112,7 +113,15 @@ class Service:
         self.users = ActorDirectory(lambda user: UserActor.spawn(self.dispatcher, user, self.env),
                                     idle_seconds=rt["idle_seconds"],
                                     max_live=rt["max_live_actors"])
-        self.catalog_actor = CatalogActor.spawn(self.dispatcher, self.catalog, self.store)
+        self.profiles = None
+        if inference is not None and inference.available:
+            self.profiles = ProfileScheduler(
+                inference, self.catalog, config, tell_user=self.users.tell,
+                append_events=self.ingest_events, recommender=self.recommender)
+            self.env.profiles = self.profiles
+        self.catalog_actor = CatalogActor.spawn(
+            self.dispatcher, self.catalog, self.store,
+            on_items=self.profiles.embed_items if self.profiles else None)
         self.counters: Counter = Counter()
         self.latencies = Latencies()
         self._inflight: set[Completion] = set()
@@ -126,6 +135,10 @@ class Service:
     def _warm_recommender(self) -> None:
         """Rebuild the in-memory global models (popularity) from the journal."""
         self.catalog_actor.ask(None, block=True, timeout=60)   # catalog loaded
+        if self.recommender.load(model_path(self.data_dir)):
+            logger.info("loaded the trained recommender from %s", model_path(self.data_dir))
+        if self.profiles is not None:
+            self.profiles.embed_items(list(self.catalog.ids))
         for entry in self.store.read_all():
             self._observe(entry)
 
@@ -261,11 +274,19 @@ class Service:
             "writer": {"commits": self.writer.commits, "events": self.writer.committed_events,
                        "failed": self.writer.failed_commits, "queue": self.writer.depth()},
             "latency": self.latencies.summary(),
+            "recommender": self.recommender.stats(),
             "threads": threading.active_count(),
             "rss_mb": proc.memory_info().rss / 2**20,
-            "inference": self.inference.stats() if self.inference is not None else
-            {"available": False},
+            "inference": self._inference_stats(),
         }
+
+    def _inference_stats(self) -> dict:
+        if self.inference is None:
+            return {"available": False, "reason": "inference disabled"}
+        out = {"available": self.inference.available, **self.inference.stats()}
+        if self.profiles is not None:
+            out["profiles"] = self.profiles.stats()
+        return out
 
     # ---------------------------------------------------------- lifecycle
 
@@ -292,6 +313,8 @@ class Service:
         finished.wait(timeout)
         self.writer.stop(timeout)
         self.dispatcher.shutdown(timeout)
+        if self.profiles is not None:
+            self.profiles.stop()
         if self.inference is not None:
             self.inference.stop(timeout)
         self.store.close()

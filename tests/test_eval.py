@@ -1,0 +1,96 @@
+"""The evaluation harness on a small synthetic dataset whose answers are known."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.movielens import MovieLens
+from tools import eval as ev
+
+
+def chains(users: int = 12, length: int = 6, cycle: int = 8,
+           extra_items: int = 10) -> MovieLens:
+    """Two groups of users, each walking its own cycle of items in order, from
+    different starting points, users staggered in time; plus untouched items."""
+    items = [f"a{i}" for i in range(cycle)] + [f"b{i}" for i in range(cycle)] + \
+        [f"z{i}" for i in range(extra_items)]
+    item_events = [{"v": 1, "id": f"item-{it}", "type": "item", "ts": 0.0, "item": it,
+                    "title": it, "tags": [it[0]]} for it in items]
+    user_events = [{"v": 1, "id": f"user-{u}", "type": "user_attrs", "ts": 0.0, "user": f"u{u}",
+                    "attrs": {"age": 30, "gender": "F", "occupation": "x"}}
+                   for u in range(users)]
+    ratings = []
+    for u in range(users):
+        group = "a" if u % 2 == 0 else "b"
+        for step in range(length):
+            ts = 1000.0 * u + 10.0 * step
+            ratings.append({"v": 1, "id": f"r-{u}-{step}", "type": "rate", "ts": ts,
+                            "user": f"u{u}", "item": f"{group}{(u // 2 + step) % cycle}",
+                            "value": 4.0})
+    ratings.sort(key=lambda r: r["ts"])
+    return MovieLens(item_events, user_events, ratings)
+
+
+def test_metric_hits_and_ndcg():
+    m = ev.Metric()
+    m.add(["x", "y", "t"], "t", 10)
+    m.add(["x", "y"], "t", 10)
+    assert m.hr == 0.5
+    assert m.nd == pytest.approx(0.5 * 1 / 2.0)   # rank 3 -> 1/log2(4)
+
+
+def test_baselines_know_the_chain():
+    data = chains()
+    b = ev.Baselines([it["item"] for it in data.items])
+    for r in data.ratings[:-1]:
+        b.observe(r["user"], r["item"])
+    last = data.ratings[-1]
+    assert last["item"] in b.item_knn_last(last["user"], 10)
+    assert b.popularity("nobody", 3)[0][0] in "ab"
+
+
+def test_leave_one_out_on_chains_is_perfect_for_knn_and_service():
+    out = ev.leave_one_out(chains(), progress=False)
+    assert out["users"] == 12
+    s = out["systems"]
+    assert s["item_knn_last"]["hr@10"] == 1.0
+    assert s["service"]["hr@10"] == 1.0
+    assert s["service"]["ndcg@10"] >= 0.8        # the chain's next item comes (nearly) first
+    assert s["service_no_llm"] == s["service"]    # no model output in this journal
+    assert 0.0 <= s["popularity"]["hr@10"] <= 1.0
+
+
+def test_prequential_on_chains():
+    out = ev.prequential(chains(), warmup=0.3, progress=False)
+    s = out["systems"]
+    assert out["points"] > 0
+    assert sum(w["n"] for w in out["windows"]) == out["points"]
+    # after the warm-up every chain has been walked: the next item is known
+    assert s["service"]["hr@10"] >= 0.95
+    assert s["item_knn_last"]["hr@10"] >= 0.9
+    for system in ev.SYSTEMS:
+        for key in ("hr@10", "ndcg@10", "cold_hr@10"):
+            assert 0.0 <= s[system][key] <= 1.0
+
+
+def test_sampled_prequential_is_seeded():
+    a = ev.prequential(chains(), warmup=0.2, sample=20, seed=3, progress=False)
+    b = ev.prequential(chains(), warmup=0.2, sample=20, seed=3, progress=False)
+    assert a["points"] == 20
+    assert a["systems"] == b["systems"]
+
+
+def test_main_json_shape(tmp_path, capsys, monkeypatch):
+    data = chains()
+    monkeypatch.setattr("engine.movielens.load", lambda path: data)
+    assert ev.main(["--json", "--no-progress", "--sample", "10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["prequential"]) == set(ev.SYSTEMS) == set(out["loo"])
+    assert set(out["prequential"]["service"]) == {"hr@10", "ndcg@10", "cold_hr@10"}
+    assert set(out["loo"]["service"]) == {"hr@10", "ndcg@10"}
+
+
+def test_main_reports_a_missing_folder(tmp_path, capsys):
+    assert ev.main(["--data", str(tmp_path / "absent"), "--no-progress"]) == 2

@@ -1,0 +1,104 @@
+"""The real bundled model (SmolLM2-135M-Instruct Q4_1) through the inference actor."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from engine import prompts
+from engine.config import load_config
+from engine.errors import ModelUnavailable
+
+pytestmark = [pytest.mark.model, pytest.mark.integration]
+
+try:
+    from engine.model_files import bundled_model_path
+
+    MODEL_PATH = bundled_model_path()
+    SKIP_REASON = ""
+except ModelUnavailable as exc:  # pragma: no cover - depends on the environment
+    MODEL_PATH = None
+    SKIP_REASON = f"bundled model not found: {exc}"
+
+try:
+    import llama_cpp  # noqa: F401
+except ImportError:  # pragma: no cover
+    SKIP_REASON = SKIP_REASON or "llama-cpp-python is not installed"
+
+if SKIP_REASON:
+    pytest.skip(SKIP_REASON, allow_module_level=True)
+
+from actors.inference import Inference  # noqa: E402
+from engine.backends import LlamaBackend, Preempted  # noqa: E402
+
+VOCAB = ("action", "adventure", "animation", "children", "comedy", "crime", "documentary",
+         "drama", "fantasy", "film-noir", "horror", "musical", "mystery", "romance",
+         "sci-fi", "thriller", "war", "western")
+SCIFI_FAN = (
+    {"item": "50", "title": "Star Wars (1977)", "tags": ["action", "adventure", "sci-fi", "war"], "type": "view"},
+    {"item": "183", "title": "Alien (1979)", "tags": ["horror", "sci-fi", "thriller"], "type": "rating"},
+    {"item": "89", "title": "Blade Runner (1982)", "tags": ["film-noir", "sci-fi"], "type": "view"},
+    {"item": "82", "title": "Jurassic Park (1993)", "tags": ["action", "adventure", "sci-fi"], "type": "purchase"},
+)
+
+
+@pytest.fixture(scope="module")
+def inference(tmp_path_factory):
+    inf = Inference.start(load_config(), tmp_path_factory.mktemp("cache"))
+    yield inf
+    inf.stop(timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_profile_refresh_is_schema_valid(inference):
+    assert inference.available and inference.model_id.startswith("SmolLM2-135M-Instruct.Q4_1.gguf@")
+    r = inference.profile("u1", SCIFI_FAN, ["space movies"], VOCAB, timeout_s=45)
+    assert prompts.validate_profile({"tags": list(r.tags), "summary": r.summary}) == [], r
+    assert r.cached is False and r.model == inference.model_id
+    assert r.embedding is not None and len(r.embedding) == inference.dim
+    again = inference.profile("u1", SCIFI_FAN, ["space movies"], VOCAB, timeout_s=45)
+    assert again.cached and (again.tags, again.summary) == (r.tags, r.summary)
+
+
+@pytest.mark.timeout(30)
+def test_embeddings_dimension_and_similarity(inference):
+    texts = [
+        "Star Wars: space adventure sci-fi war",
+        "Alien: sci-fi horror in space",
+        "Toy Story: animated children's comedy",
+        "The Lion King: animated children's musical",
+    ]
+    vecs = np.array(inference.embed(texts, timeout_s=20))
+    assert vecs.shape == (4, inference.dim) and inference.dim == 576
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-3)
+    sim = vecs @ vecs.T
+    assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[0, 3]
+    assert sim[2, 3] > sim[2, 0] and sim[2, 3] > sim[2, 1]
+
+
+@pytest.mark.timeout(60)
+def test_llama_backend_stop_check_and_gpu_warning(caplog):
+    cfg = load_config(model={"n_gpu_layers": -1}, inference={"prompt_cache_mb": 0})
+    with caplog.at_level(logging.WARNING, logger="engine.backends"):
+        backend = LlamaBackend.from_config(cfg)
+    try:
+        if not backend.gpu_offload_supported:
+            assert any("NO GPU" in r.getMessage() for r in caplog.records)
+        prompt = prompts.profile_prompt(SCIFI_FAN, [], VOCAB)
+        polls = []
+
+        def stop_after_three() -> bool:
+            polls.append(1)
+            return len(polls) > 3
+
+        with pytest.raises(Preempted) as info:
+            backend.complete(prompt, max_tokens=64, schema=prompts.PROFILE_SCHEMA, stop_check=stop_after_three)
+        assert info.value.tokens_done == 3
+        done = backend.complete(prompt, max_tokens=64, schema=prompts.PROFILE_SCHEMA, stop_check=lambda: False)
+        assert done.completion_tokens > 3
+        json.loads(done.text) if done.finish_reason == "stop" else prompts.parse_profile(done.text)
+    finally:
+        backend.close()

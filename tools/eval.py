@@ -1,0 +1,356 @@
+"""``interest eval``: offline quality of the real service on MovieLens (or any event set).
+
+Two protocols, each run through an in-process ``engine.service.Service`` (the
+same writer, actors and recommender as the server; LMDB with sync off):
+
+* prequential (test-then-learn): events in time order; after a warm-up share,
+  for each evaluated event ask the service for that user's top-k first, then
+  ingest the event. Baselines see the same events and are asked at the same
+  points: ``popularity`` (counts so far) and ``item_knn_last`` (cosine
+  item-item co-occurrence over full user histories, scored from the user's
+  last item). Reported overall, for cold users (fewer than 5 prior events)
+  and per time window.
+* leave-one-out: each user's last event held out, everything else ingested,
+  then every other item ranked for each user (seen items excluded).
+
+``service_no_llm`` is the service with its language-model sources switched
+off (recommender ``use_llm=False``: no profile embedding/summary/tags, no item
+vectors), ranked from the same state at the same points through the
+recommender's shadow hook. Until model profiles and item vectors are in the
+journal it equals ``service``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+SYSTEMS = ("service", "service_no_llm", "popularity", "item_knn_last")
+COLD_BELOW = 5
+
+
+# ------------------------------------------------------------------ baselines
+
+class Baselines:
+    """Popularity-so-far and last-item item-kNN over a fixed item universe (numpy)."""
+
+    def __init__(self, items: list[str]):
+        self.index = {item: i for i, item in enumerate(items)}
+        self.ids = list(items)
+        n = len(items)
+        self.counts = np.zeros(n, dtype=np.float64)
+        self.cooc = np.zeros((n, n), dtype=np.float32)
+        self.history: dict[str, list[int]] = {}
+
+    def _idx(self, item: str) -> int:
+        i = self.index.get(item)
+        if i is None:     # an item not in the catalog: grow the universe
+            i = self.index[item] = len(self.ids)
+            self.ids.append(item)
+            self.counts = np.append(self.counts, 0.0)
+            n = len(self.ids)
+            grown = np.zeros((n, n), dtype=np.float32)
+            grown[:n - 1, :n - 1] = self.cooc
+            self.cooc = grown
+        return i
+
+    def observe(self, user: str, item: str) -> None:
+        b = self._idx(item)
+        hist = self.history.setdefault(user, [])
+        if hist:
+            h = np.fromiter(set(hist) - {b}, dtype=np.int64)
+            self.cooc[h, b] += 1.0
+            self.cooc[b, h] += 1.0
+        if b not in hist:
+            hist.append(b)
+        else:
+            hist.remove(b)
+            hist.append(b)
+        self.counts[b] += 1.0
+
+    def _top(self, scores: np.ndarray, user: str, k: int) -> list[str]:
+        scores = scores.astype(np.float64, copy=True)
+        hist = self.history.get(user)
+        if hist:
+            scores[hist] = -np.inf
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [self.ids[i] for i in order]
+
+    def popularity(self, user: str, k: int) -> list[str]:
+        return self._top(self.counts, user, k)
+
+    def item_knn_last(self, user: str, k: int) -> list[str]:
+        hist = self.history.get(user)
+        if not hist:
+            return self.popularity(user, k)
+        last = hist[-1]
+        denom = np.sqrt(np.maximum(self.counts, 1.0) * max(self.counts[last], 1.0))
+        return self._top(self.cooc[last] / denom, user, k)
+
+
+# -------------------------------------------------------------------- metrics
+
+class Metric:
+    def __init__(self):
+        self.n = 0
+        self.hits = 0.0
+        self.ndcg = 0.0
+
+    def add(self, ranked: list[str], target: str, k: int) -> None:
+        self.n += 1
+        if target in ranked[:k]:
+            rank = ranked.index(target)
+            self.hits += 1.0
+            self.ndcg += 1.0 / math.log2(rank + 2)
+
+    @property
+    def hr(self) -> float:
+        return self.hits / self.n if self.n else 0.0
+
+    @property
+    def nd(self) -> float:
+        return self.ndcg / self.n if self.n else 0.0
+
+
+# ---------------------------------------------------------------- the service
+
+class Harness:
+    """An in-process service, fed and queried synchronously."""
+
+    def __init__(self, tmp: str, use_llm_shadow: bool = True):
+        from engine.config import load_config
+        from engine.service import Service
+        self.config = load_config(store={"sync": False})
+        self.limits = self.config["limits"]
+        self.service = Service(self.config, Path(tmp) / "data")
+        if use_llm_shadow:
+            self.service.recommender.shadow = {"service_no_llm": {"use_llm": False}}
+
+    def ingest(self, wires: list[dict]) -> None:
+        from engine.events import parse_event
+        if not wires:
+            return
+        done = threading.Event()
+        box = {}
+
+        def on_done(results):
+            box["r"] = results
+            done.set()
+        self.service.ingest_events([parse_event(w, self.limits) for w in wires], on_done)
+        if not done.wait(600):
+            raise TimeoutError("ingest did not complete")
+        if isinstance(box["r"], Exception):
+            raise box["r"]
+
+    def ingest_chunked(self, wires: list[dict], size: int = 5000) -> None:
+        for i in range(0, len(wires), size):
+            self.ingest(wires[i:i + size])
+
+    def recommend(self, user: str, k: int) -> tuple[list[str], dict[str, list[str]]]:
+        done = threading.Event()
+        box = {}
+
+        def reply(result):
+            box["r"] = result
+            done.set()
+        self.service.handle("recommend", {"user": user, "k": k}, reply)
+        if not done.wait(60):
+            raise TimeoutError("recommend did not answer")
+        result = box["r"]
+        if isinstance(result, Exception):
+            raise result
+        ranked = [row["item"] for row in result["items"]]
+        shadow = self.service.recommender.shadow_results.pop(user, {})
+        return ranked, {name: [row["item"] for row in rows] for name, rows in shadow.items()}
+
+    def stop(self) -> None:
+        self.service.stop()
+
+
+def _ask_all(harness: Harness, base: Baselines, user: str, k: int) -> dict[str, list[str]]:
+    ranked, shadow = harness.recommend(user, k)
+    return {"service": ranked, "service_no_llm": shadow.get("service_no_llm", ranked),
+            "popularity": base.popularity(user, k), "item_knn_last": base.item_knn_last(user, k)}
+
+
+# --------------------------------------------------------------- prequential
+
+def prequential(data, *, k: int = 10, warmup: float = 0.2, sample: int | None = None,
+                seed: int = 0, windows: int = 4, progress: bool = True) -> dict:
+    ratings = data.ratings
+    start = int(len(ratings) * warmup)
+    points = list(range(start, len(ratings)))
+    if sample and sample < len(points):
+        points = sorted(random.Random(seed).sample(points, sample))
+    overall = {s: Metric() for s in SYSTEMS}
+    cold = {s: Metric() for s in SYSTEMS}
+    by_window = [{s: Metric() for s in SYSTEMS} for _ in range(windows)]
+    t_lo, t_hi = float(ratings[start]["ts"]) if points else 0.0, float(ratings[-1]["ts"])
+    base = Baselines([it["item"] for it in data.items])
+    prior: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(tmp)
+        try:
+            h.ingest_chunked(data.items + data.users)
+            pos = 0
+            bar = tqdm(total=len(points), desc="prequential", disable=not progress,
+                       file=sys.stderr, leave=False)
+            for point in points + [len(ratings)]:
+                chunk = ratings[pos:point]
+                if chunk:
+                    h.ingest_chunked(chunk)
+                    for ev in chunk:
+                        base.observe(ev["user"], ev["item"])
+                        prior[ev["user"]] = prior.get(ev["user"], 0) + 1
+                pos = point
+                if point >= len(ratings):
+                    break
+                ev = ratings[point]
+                user, target = ev["user"], ev["item"]
+                ranked = _ask_all(h, base, user, k)
+                w = min(windows - 1, int((float(ev["ts"]) - t_lo) / max(t_hi - t_lo, 1e-9)
+                                         * windows))
+                is_cold = prior.get(user, 0) < COLD_BELOW
+                for s in SYSTEMS:
+                    overall[s].add(ranked[s], target, k)
+                    by_window[w][s].add(ranked[s], target, k)
+                    if is_cold:
+                        cold[s].add(ranked[s], target, k)
+                h.ingest([ev])
+                base.observe(user, target)
+                prior[user] = prior.get(user, 0) + 1
+                pos = point + 1
+                bar.update(1)
+            bar.close()
+            rec_stats = h.service.recommender.stats()
+        finally:
+            h.stop()
+    return {
+        "systems": {s: {f"hr@{k}": overall[s].hr, f"ndcg@{k}": overall[s].nd,
+                        f"cold_hr@{k}": cold[s].hr} for s in SYSTEMS},
+        "points": len(points), "cold_points": cold["service"].n,
+        "windows": [{"n": win["service"].n,
+                     **{s: {f"hr@{k}": win[s].hr, f"ndcg@{k}": win[s].nd} for s in SYSTEMS}}
+                    for win in by_window],
+        "fusion": rec_stats["fusion"]["segments"],
+    }
+
+
+# ------------------------------------------------------------- leave-one-out
+
+def leave_one_out(data, *, k: int = 10, progress: bool = True) -> dict:
+    ratings = data.ratings
+    last: dict[str, int] = {}
+    for i, ev in enumerate(ratings):
+        last[ev["user"]] = i
+    held = set(last.values())
+    train = [ev for i, ev in enumerate(ratings) if i not in held]
+    metrics = {s: Metric() for s in SYSTEMS}
+    base = Baselines([it["item"] for it in data.items])
+    for ev in train:
+        base.observe(ev["user"], ev["item"])
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(tmp)
+        try:
+            h.ingest_chunked(data.items + data.users)
+            h.ingest_chunked(train)
+            for i in tqdm(sorted(held), desc="leave-one-out", disable=not progress,
+                          file=sys.stderr, leave=False):
+                ev = ratings[i]
+                ranked = _ask_all(h, base, ev["user"], k)
+                for s in SYSTEMS:
+                    metrics[s].add(ranked[s], ev["item"], k)
+        finally:
+            h.stop()
+    return {"systems": {s: {f"hr@{k}": metrics[s].hr, f"ndcg@{k}": metrics[s].nd}
+                        for s in SYSTEMS}, "users": len(held)}
+
+
+# ----------------------------------------------------------------------- cli
+
+def _table(pre: dict | None, loo: dict | None, k: int) -> str:
+    lines = []
+    head = f"{'system':<16}"
+    if pre:
+        head += f"{'preq HR@' + str(k):>12}{'preq NDCG':>11}{'cold HR':>9}"
+    if loo:
+        head += f"{'LOO HR@' + str(k):>11}{'LOO NDCG':>10}"
+    lines += [head, "-" * len(head)]
+    for s in SYSTEMS:
+        row = f"{s:<16}"
+        if pre:
+            m = pre["systems"][s]
+            row += f"{m[f'hr@{k}']:>12.4f}{m[f'ndcg@{k}']:>11.4f}{m[f'cold_hr@{k}']:>9.4f}"
+        if loo:
+            m = loo["systems"][s]
+            row += f"{m[f'hr@{k}']:>11.4f}{m[f'ndcg@{k}']:>10.4f}"
+        lines.append(row)
+    if pre:
+        lines.append("")
+        lines.append(f"prequential: {pre['points']} points ({pre['cold_points']} cold); "
+                     f"HR@{k} per time window:")
+        lines.append(f"{'window':<8}{'n':>7}" + "".join(f"{s:>16}" for s in SYSTEMS))
+        for i, win in enumerate(pre["windows"]):
+            lines.append(f"{i + 1:<8}{win['n']:>7}" +
+                         "".join(f"{win[s][f'hr@{k}']:>16.4f}" for s in SYSTEMS))
+        lines.append("fusion weights after the run: " + json.dumps(
+            {seg: {s: round(w, 3) for s, w in ws.items()} for seg, ws in pre["fusion"].items()}))
+    if loo:
+        lines.append(f"leave-one-out: {loo['users']} users, full ranking, seen excluded")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine import movielens
+    parser = argparse.ArgumentParser(prog="interest eval", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(movielens.DEFAULT_PATH),
+                        help="MovieLens-100K folder (u.data, u.item, u.user)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--sample", type=int, default=10000,
+                        help="prequential points to evaluate after the warm-up (0 = all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", type=float, default=0.2)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--only", choices=("prequential", "loo"), default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        data = movielens.load(args.data)
+    except FileNotFoundError as exc:
+        print(f"interest eval: {exc}", file=sys.stderr)
+        return 2
+    progress = not args.no_progress and sys.stderr.isatty()
+    t0 = time.time()
+    pre = loo = None
+    if args.only in (None, "prequential"):
+        pre = prequential(data, k=args.k, warmup=args.warmup, sample=args.sample or None,
+                          seed=args.seed, windows=args.windows, progress=progress)
+    if args.only in (None, "loo"):
+        loo = leave_one_out(data, k=args.k, progress=progress)
+    if args.json:
+        out = {"prequential": pre["systems"] if pre else {}, "loo": loo["systems"] if loo else {},
+               "meta": {"points": pre["points"] if pre else 0,
+                        "cold_points": pre["cold_points"] if pre else 0,
+                        "sample": args.sample, "seed": args.seed, "warmup": args.warmup,
+                        "seconds": round(time.time() - t0, 1),
+                        "windows": pre["windows"] if pre else []}}
+        print(json.dumps(out))
+    else:
+        print(_table(pre, loo, args.k))
+        print(f"({time.time() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
