@@ -27,7 +27,8 @@ class Popularity:
         self.adds = 0
         self.top_n = top_n
         self.top_every = top_every
-        self._top: list[str] = []
+        self._heap: list[tuple[float, str]] = []
+        self._top_set: set[str] = set()
         self._lock = threading.Lock()
 
     def add(self, item: str, ts: float, weight: float = 1.0) -> None:
@@ -46,20 +47,42 @@ class Popularity:
             self.adds += 1
             # the candidate list is refreshed on the write path, so it is a
             # function of the events seen (replay gives the same list)
-            if self.adds % self.top_every == 1 or len(self._top) < self.top_n:
+            if self.adds % self.top_every == 1:
                 self._refresh_top()
-            elif item not in self._top and self._top and value > self.scores[self._top[-1]]:
-                self._refresh_top()
+            elif item not in self._top_set:
+                self._admit(item, value)
+
+    def _admit(self, item: str, value: float) -> None:
+        """Put ``item`` among the candidates if it beats the weakest one.
+
+        ``_heap`` is a min-heap of (score when last checked, item); scores only
+        grow between rebases, so a stale entry is only ever too low and is
+        refreshed lazily when it reaches the top: O(log top_n) amortised.
+        """
+        heap, scores = self._heap, self.scores
+        if len(heap) < self.top_n:
+            heapq.heappush(heap, (value, item))
+            self._top_set.add(item)
+            return
+        while heap[0][0] != scores[heap[0][1]]:
+            heapq.heapreplace(heap, (scores[heap[0][1]], heap[0][1]))
+        if value > heap[0][0]:
+            self._top_set.discard(heap[0][1])
+            heapq.heapreplace(heap, (value, item))
+            self._top_set.add(item)
 
     def _refresh_top(self) -> None:
-        self._top = [k for _, k in heapq.nsmallest(
-            self.top_n, ((-v, k) for k, v in self.scores.items()))]
+        best = heapq.nlargest(self.top_n, ((v, k) for k, v in self.scores.items()))
+        heapq.heapify(best)
+        self._heap = best
+        self._top_set = {k for _, k in best}
 
     def _rebase(self, ts: float) -> None:
         factor = math.exp2(-(ts - self.t0) / self.half_life)
         self.scores = {k: v * factor for k, v in self.scores.items()}
         self.max_score = max(self.scores.values(), default=0.0)
         self.t0 = ts
+        self._refresh_top()          # heap keys must never be above the real scores
 
     def top(self, n: int) -> list[tuple[str, float]]:
         with self._lock:
@@ -68,7 +91,7 @@ class Popularity:
 
     def candidates(self) -> list[str]:
         """The (roughly) ``top_n`` most popular items, refreshed as events arrive."""
-        return self._top
+        return [item for _, item in list(self._heap)]
 
     def get(self, item: str) -> float:
         """Normalised score of one item (the most popular scores 1)."""
@@ -92,7 +115,8 @@ class Popularity:
         with self._lock:
             return {"half_life": self.half_life, "t0": self.t0, "scores": dict(self.scores),
                     "counts": dict(self.counts), "max": self.max_score, "adds": self.adds,
-                    "top_n": self.top_n, "top_every": self.top_every, "top": list(self._top)}
+                    "top_n": self.top_n, "top_every": self.top_every,
+                    "top": [[v, k] for v, k in self._heap]}
 
     @classmethod
     def from_dict(cls, obj: dict) -> "Popularity":
@@ -102,5 +126,7 @@ class Popularity:
         pop.counts = dict(obj["counts"])
         pop.max_score = obj["max"]
         pop.adds = obj["adds"]
-        pop._top = list(obj["top"])
+        pop._heap = [(v, k) for v, k in obj["top"]]
+        heapq.heapify(pop._heap)
+        pop._top_set = {k for _, k in pop._heap}
         return pop
