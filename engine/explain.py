@@ -2,52 +2,128 @@
 
 Tag weights are sums of decayed event weights, so replaying the user's
 journal gives each event's exact share of each tag as of the user's last
-event: ``contribution = weight * 2**(-(as_of - ts) / half_life)``.
+event. The fold adds an event to a tag cell at the cell's time
+``max(cell ts, event ts)`` (an out-of-order event is not decayed back in
+time), so an event's share is ``weight * 2**(-(as_of - t) / half_life)`` with
+``t`` that effective time; the shares of a tag add up to its short and long
+weights (up to float rounding).
+
+``explain_user`` also returns the event timeline (weight, ts, tags of every
+behaviour event), the model profiles over time, and for an item its
+per-source score, a short reason and a counterfactual: the item's rank when
+the user's strongest contributing event is left out of the user's state.
 """
 
 from __future__ import annotations
 
 from engine.events import PROFILE_TYPE
-from engine.state import InterestState, decay
+from engine.reasons import reason
+from engine.state import InterestState, decay, replay
+
+#: at most this many timeline events in an explain reply (the newest are kept)
+MAX_TIMELINE = 5000
 
 
-def tag_contributions(state: InterestState, entries, params) -> dict[str, list[dict]]:
-    """Per tag, every event that added to it, with its weight and decayed shares."""
+def _walk(state: InterestState, entries, params):
+    """Replay the journal up to ``state.version``; yield (entry, weight, {tag: eff_ts})."""
     replayed = InterestState(user=state.user)
-    as_of = state.last_ts
-    out: dict[str, list[dict]] = {}
     for entry in entries:
         if entry.seq > state.version:
             break
         event = entry.event
-        if event["type"] != PROFILE_TYPE and entry.tags:
+        if event["type"] != PROFILE_TYPE and entry.seq > replayed.version:
             weight = replayed.event_weight(event, params)
-            dt = (as_of or event["ts"]) - event["ts"]
-            row = {
+            ts = float(event["ts"])
+            eff = {}
+            for tag in entry.tags:
+                cell = replayed.tags.get(tag)
+                eff[tag] = ts if cell is None else max(ts, cell[2])
+            yield entry, weight, eff
+        else:
+            yield entry, None, None
+        replayed.update(entry, params)
+
+
+def tag_contributions(state: InterestState, entries, params) -> dict[str, list[dict]]:
+    """Per tag, every event that added to it, with its weight and decayed shares."""
+    as_of = state.last_ts
+    out: dict[str, list[dict]] = {}
+    for entry, weight, eff in _walk(state, entries, params):
+        if weight is None or not entry.tags:
+            continue
+        event = entry.event
+        for tag in dict.fromkeys(entry.tags):
+            # the fold adds the weight once per occurrence of the tag
+            n = sum(1 for t in entry.tags if t == tag)
+            dt = (as_of if as_of is not None else eff[tag]) - eff[tag]
+            out.setdefault(tag, []).append({
                 "id": event["id"], "seq": entry.seq, "type": event["type"],
                 "item": event.get("item"), "ts": event["ts"], "weight": weight,
-                "short": decay(weight, dt, params.short_half_life_s),
-                "long": decay(weight, dt, params.long_half_life_s),
-            }
-            for tag in entry.tags:
-                out.setdefault(tag, []).append(row)
-        replayed.update(entry, params)
+                "short": n * decay(weight, dt, params.short_half_life_s),
+                "long": n * decay(weight, dt, params.long_half_life_s),
+            })
     return out
+
+
+def timeline(state: InterestState, entries, params) -> tuple[list[dict], list[dict]]:
+    """(behaviour events, model profiles), oldest first, from a journal replay."""
+    events, profiles = [], []
+    for entry, weight, _ in _walk(state, entries, params):
+        event = entry.event
+        if event["type"] == PROFILE_TYPE:
+            profiles.append({"at": float(event["ts"]), "version": entry.seq,
+                             "summary": event.get("summary") or "",
+                             "model": event.get("model") or "",
+                             "tags": list(event.get("tags") or ())})
+        else:
+            events.append({"id": event["id"], "seq": entry.seq, "type": event["type"],
+                           "item": event.get("item"), "query": event.get("query"),
+                           "ts": float(event["ts"]), "weight": weight,
+                           "tags": list(entry.tags)})
+    return events, profiles
 
 
 def explain_user(state: InterestState, env, item: str | None = None, max_tags: int = 20) -> dict:
     params = env.params
-    contributions = tag_contributions(state, env.store.read(state.user), params)
+    entries = list(env.store.read(state.user)) if state.version else []
+    contributions = tag_contributions(state, entries, params)
     tags = []
     for row in state.tag_weights(params)[:max_tags]:
         events = sorted(contributions.get(row["tag"], []),
                         key=lambda e: -(e["short"] + e["long"]))
         tags.append({**row, "events": events})
+    events, profiles = timeline(state, entries, params)
     reply = {"user": state.user, "version": state.version, "events": state.events,
-             "as_of": state.last_ts, "tags": tags, "profile": _profile(state)}
+             "as_of": state.last_ts, "tags": tags, "profile": _profile(state),
+             "timeline": events[-MAX_TIMELINE:],
+             "timeline_truncated": len(events) > MAX_TIMELINE,
+             "profiles": profiles,
+             "half_lives": {"short": params.short_half_life_s, "long": params.long_half_life_s}}
+    reply["recommendations"] = recommendations(state, env)
     if item is not None:
-        reply["item"] = explain_item(state, env, item)
+        reply["item"] = explain_item(state, env, item, entries, contributions)
     return reply
+
+
+def recommendations(state: InterestState, env, k: int = 10) -> dict:
+    """The top-``k`` the user would get now, each with a reason.
+
+    Ranked like ``Recommender.recommend`` but without its side effect (the
+    served list it remembers to credit the sources with), so asking for an
+    explanation never changes the online fusion weights.
+    """
+    rec = env.recommender
+    try:
+        q, segment = rec._query(state, rec.use_llm)
+        weights = rec.fusion.weights(q.user, segment)
+        raw = rec._score(q, None, rec.use_llm)
+        items, _ = rec._rank(raw, weights, k, state.seen, None)
+    except AttributeError:          # a recommender without the internals: ask it
+        reply = rec.recommend(state, k=k)
+        items, segment, weights = reply["items"], reply["strategy"], reply["weights"]
+    for row in items:
+        row["reason"] = reason(row, rec.catalog, state)
+    return {"items": items, "strategy": segment, "weights": weights}
 
 
 def _profile(state: InterestState) -> dict | None:
@@ -58,6 +134,66 @@ def _profile(state: InterestState) -> dict | None:
     return profile
 
 
-def explain_item(state: InterestState, env, item: str) -> dict:
-    """The item's score source by source, the fusion weights and its rank."""
-    return env.recommender.explain(state, item)
+def strongest_event(state: InterestState, env, item: str, entries,
+                    contributions: dict | None = None) -> tuple[dict | None, str]:
+    """The user's event that contributes most to ``item``, and on what basis.
+
+    Basis ``item_tags``: the largest share (short + long) of the item's tags;
+    else ``all_tags``: the largest share of all the user's tags; else
+    ``latest``: the newest event with an item (it drives the item-to-item sources).
+    """
+    if contributions is None:
+        contributions = tag_contributions(state, entries, env.params)
+    catalog = env.recommender.catalog
+    for basis, tags in (("item_tags", dict.fromkeys(catalog.tags_of(item))),
+                        ("all_tags", contributions)):
+        totals: dict[int, list] = {}
+        for tag in tags:
+            for row in contributions.get(tag, ()):
+                cell = totals.setdefault(row["seq"], [0.0, row])
+                cell[0] += row["short"] + row["long"]
+        positive = [cell for cell in totals.values() if cell[0] > 0]
+        if positive:
+            best = max(positive, key=lambda c: (c[0], c[1]["seq"]))[1]
+            return _event_row(best), basis
+    for entry in reversed(entries):
+        if entry.seq <= state.version and entry.event["type"] != PROFILE_TYPE \
+                and entry.event.get("item") is not None:
+            return _event_row({"id": entry.event["id"], "seq": entry.seq,
+                               "type": entry.event["type"], "item": entry.event.get("item"),
+                               "ts": entry.event["ts"]}), "latest"
+    return None, "none"
+
+
+def _event_row(row: dict) -> dict:
+    return {k: row[k] for k in ("id", "seq", "type", "item", "ts")}
+
+
+def counterfactual(state: InterestState, env, item: str, entries,
+                   contributions: dict | None = None) -> dict | None:
+    """The item's rank with the user's strongest contributing event left out.
+
+    Only the user's state is replayed without the event; the shared source
+    models (which learned from every user's events) are left as they are.
+    """
+    removed, basis = strongest_event(state, env, item, entries, contributions)
+    if removed is None:
+        return None
+    kept = [e for e in entries if e.seq <= state.version and e.seq != removed["seq"]]
+    without = replay(state.user, kept, env.params)
+    rank = env.recommender.explain(state, item)["rank"]
+    rank_without = env.recommender.explain(without, item)["rank"]
+    return {"removed_event": removed, "basis": basis, "rank": rank,
+            "rank_without": rank_without}
+
+
+def explain_item(state: InterestState, env, item: str, entries=None,
+                 contributions: dict | None = None) -> dict:
+    """The item's score source by source, the fusion weights, its rank, a reason
+    and the counterfactual rank without the user's strongest contributing event."""
+    out = env.recommender.explain(state, item)
+    out["reason"] = reason(out, env.recommender.catalog, state)
+    if entries is None:
+        entries = list(env.store.read(state.user)) if state.version else []
+    out["counterfactual"] = counterfactual(state, env, item, entries, contributions)
+    return out
