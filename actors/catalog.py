@@ -15,12 +15,12 @@ logger = logging.getLogger(__name__)
 class CatalogActor(PooledActor):
     """Single writer of the in-memory ``Catalog``; runs on the shared dispatcher."""
 
-    def __init__(self, catalog: Catalog, store: Store, on_items=None):
+    def __init__(self, catalog: Catalog, store: Store, on_items=None, stats: dict | None = None):
         super().__init__()
         self.catalog = catalog
         self.store = store
         self.on_items = on_items      # optional callback(list of item ids) for new/changed items
-        self.applied = 0
+        self.stats = stats if stats is not None else {"applied": 0}
 
     def on_start(self) -> None:
         """Runs on a dispatcher worker: load the materialised catalog from the store."""
@@ -40,7 +40,7 @@ class CatalogActor(PooledActor):
                     changed.append(event["item"])
                 elif event["type"] == "user_attrs":
                     self.catalog.put_user_attrs(event["user"], event["attrs"])
-                self.applied += 1
+                self.stats["applied"] += 1
             if changed and self.on_items is not None:
                 self.on_items(changed)
             if message.done is not None:

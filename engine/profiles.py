@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from engine.errors import InterestError
+from engine.errors import InterestError, Unavailable
 from engine.events import PROFILE_TYPE, ProfileEvent
 
 logger = logging.getLogger(__name__)
@@ -194,8 +194,10 @@ class ProfileScheduler:
         if not self.inference.available or self.recommender is None:
             return
         from actors.inference import EmbedRequest  # noqa: PLC0415
-        for start in range(0, len(items), self.embed_batch * 8):
-            keys = tuple(items[start:start + self.embed_batch * 8])
+        # one request per embed batch: an embedding call cannot be pre-empted, so small
+        # requests let online and interactive work overtake between them
+        for start in range(0, len(items), self.embed_batch):
+            keys = tuple(items[start:start + self.embed_batch])
             texts = tuple(self._item_text(item) for item in keys)
             self.inference.submit_embed(EmbedRequest(
                 keys=keys, texts=texts, priority="background",
@@ -210,7 +212,8 @@ class ProfileScheduler:
     def _vectors_ready(self, vectors) -> None:
         if isinstance(vectors, Exception):
             self.counters["errors"] += 1
-            logger.warning("item embeddings failed: %s", vectors)
+            log = logger.debug if isinstance(vectors, Unavailable) else logger.warning
+            log("item embeddings failed: %s", vectors)
             return
         self.counters["embedded_items"] += len(vectors)
         for item, vector in vectors.items():

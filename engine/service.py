@@ -121,7 +121,7 @@ class Service:
             self.env.profiles = self.profiles
         self.catalog_actor = CatalogActor.spawn(
             self.dispatcher, self.catalog, self.store,
-            on_items=self.profiles.embed_items if self.profiles else None)
+            on_items=self.profiles.embed_items if self.profiles else None, stats=self.env.stats)
         self.counters: Counter = Counter()
         self.latencies = Latencies()
         self._inflight: set[Completion] = set()

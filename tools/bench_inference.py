@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import threading
@@ -246,12 +247,52 @@ def measure_raw(ctx: Context) -> dict[str, Any]:
     return {"raw_tokens_per_s": round(tokens / wall, 1) if wall > 0 else None}
 
 
+def measure_calls_per_event(ctx: Context) -> dict[str, Any]:
+    """Replay MovieLens-100K through the real service with the real model.
+
+    ``calls_per_event``: profile refreshes the user actors asked the model for
+    (after debounce, before the inference actor coalesces them) per ingested
+    behaviour event: an upper bound on model calls. ``generations_per_event``:
+    generations the model actually ran while the replay was going on.
+    """
+    from engine import movielens  # noqa: PLC0415
+    from engine.service import Service, parse_batch  # noqa: PLC0415
+    try:
+        data = movielens.load(ctx.args.movielens or movielens.DEFAULT_PATH)
+    except FileNotFoundError as exc:
+        ctx.notes["calls_per_event"] = f"skipped: {exc}"
+        return {"calls_per_event": None}
+    config = load_config(ctx.args.config, store={"sync": False})
+    inference = Inference.start(config, os.path.join(ctx.tmp, "calls-cache"))
+    service = Service(config, os.path.join(ctx.tmp, "calls-data"), inference=inference)
+    try:
+        ratings = data.ratings[: ctx.args.replay_events or None]
+        events = data.items + data.users + ratings
+        for start in range(0, len(events), 1000):
+            while service.busy():
+                time.sleep(0.001)
+            parsed, _ = parse_batch(events[start:start + 1000], config["limits"])
+            service.ingest_events(parsed)
+        done = threading.Event()
+        service.flush(done.set)
+        done.wait(600)
+        profiles = service.profiles.stats()
+        generated = inference.stats().get("generations", 0)
+    finally:
+        service.stop()
+    n = len(ratings)
+    ctx.notes["calls_per_event_detail"] = {"events": n, **profiles, "generations": generated}
+    return {"calls_per_event": round(profiles["refresh_requests"] / n, 4),
+            "generations_per_event": round(generated / n, 4)}
+
+
 MEASUREMENTS: list[Callable[[Context], dict[str, Any]]] = [
     measure_idle,
     measure_saturated,
     measure_saturated_fifo,
     measure_throughput_and_cache,
     measure_raw,
+    measure_calls_per_event,
 ]
 
 
@@ -265,6 +306,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--throughput", type=int, default=8, help="requests in the throughput / cache run")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--notes", action="store_true", help="add a 'notes' object with extra facts")
+    p.add_argument("--movielens", default=None, help="MovieLens-100K folder for calls_per_event "
+                   "(default ../shared/data/ml-100k)")
+    p.add_argument("--replay-events", type=int, default=0,
+                   help="ratings replayed for calls_per_event (0 = all 100,000)")
     return p.parse_args(argv)
 
 

@@ -148,7 +148,7 @@ def run(args) -> dict:
                 go.set()
                 prober.start()
                 while client.call("stats")["applied"] - base < args.events:
-                    time.sleep(0.01)
+                    time.sleep(0.1)
                 elapsed = time.perf_counter() - started
                 stop_probes.set()
                 prober.join(60)

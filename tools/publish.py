@@ -26,6 +26,21 @@ def batches(events, size: int):
         yield chunk
 
 
+def _received(api: str) -> int:
+    with Client(api, timeout=30) as client:
+        return client.call("stats")["received"] + client.call("stats")["rejected"]
+
+
+def _wait_received(api: str, target: int, timeout: float = 600.0) -> None:
+    """PUSH has no acknowledgement and no ordering with the api socket: wait until the
+    service has taken in as many events as were sent, so the flush that follows covers them."""
+    deadline = time.monotonic() + timeout
+    while _received(api) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the service took in fewer than {target} events in {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def publish(events, *, ingest: str, api: str, rate: float, batch: int, ack: bool,
             progress: bool = True, total: int | None = None) -> dict:
     sent = 0
@@ -33,6 +48,7 @@ def publish(events, *, ingest: str, api: str, rate: float, batch: int, ack: bool
     bar = tqdm(total=total, unit="ev", disable=not progress, file=sys.stderr)
     sender = Client(api, timeout=60) if ack else Publisher(ingest)
     summary = {"accepted": 0, "duplicates": 0, "rejected": 0}
+    received_before = None if ack else _received(api)
     try:
         for chunk in batches(events, batch):
             if ack:
@@ -49,8 +65,9 @@ def publish(events, *, ingest: str, api: str, rate: float, batch: int, ack: bool
                 if ahead > 0:
                     time.sleep(ahead)
         if not ack:
-            with Client(api, timeout=120) as client:
-                client.call("flush", timeout=120)
+            _wait_received(api, received_before + sent)
+            with Client(api, timeout=600) as client:
+                client.call("flush", timeout=600)
     finally:
         bar.close()
         sender.close()

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--item", help="item id (always a string)")
     parser.add_argument("--api", default="tcp://127.0.0.1:7101")
     parser.add_argument("--timeout", type=float, default=10.0)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     fields = _parse_fields(args.fields)
     for key in ("user", "item"):
         if getattr(args, key) is not None:

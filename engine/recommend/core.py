@@ -129,10 +129,9 @@ class Recommender:
         item = event.get("item")
         if item is None or event["type"] in NOT_POSITIVE or state is None:
             return
-        with self._lock:
-            if self._credited.get(state.user) == entry.seq:
-                return
         if state.events % self.feedback_every:
+            return
+        if self._credited.get(state.user) == entry.seq:   # one dict read: atomic, no lock
             return
         q, segment = self._query(state, self.use_llm)
         raw = self._score(q, None, self.use_llm)
