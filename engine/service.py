@@ -100,8 +100,10 @@ class Service:
         self.store = store if store is not None else open_store(config, data_dir)
         self.params = FoldParams.from_config(config)
         self.catalog = Catalog()
-        self.recommender = Recommender(self.catalog, self.params,
-                                       config["recommend"]["popularity_half_life_s"])
+        rec = config["recommend"]
+        self.recommender = Recommender(self.catalog, self.params, rec["popularity_half_life_s"],
+                                       feedback_every=rec["feedback_every"],
+                                       max_histories=rec["max_histories"])
         self.writer = Writer(self.store, config["writer"]["max_batch"])
         rt = config["runtime"]
         self.dispatcher = Dispatcher(rt["workers"], rt["throughput"], name="users")

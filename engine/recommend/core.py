@@ -44,7 +44,8 @@ def model_path(data_dir: str | Path) -> Path:
 class Recommender:
     def __init__(self, catalog, params: FoldParams, popularity_half_life_s: float = 604800.0, *,
                  use_llm: bool = True, history: int = 50, weights: dict | None = None,
-                 adapt: bool = True, feedback_every: int = 4, max_served: int = 20_000):
+                 adapt: bool = True, feedback_every: int = 4, max_served: int = 20_000,
+                 max_histories: int = 200_000):
         self.catalog = catalog
         self.params = params
         self.use_llm = use_llm
@@ -62,7 +63,10 @@ class Recommender:
                         self.popularity_source, self.demographic]
         self.names = [s.name for s in self.sources]
         self.fusion = Fusion(self.names, weights, adapt=adapt)
-        self.histories: dict[str, list[str]] = {}
+        #: user -> recent items, LRU-bounded so memory follows active users, not all users;
+        #: an evicted user's co-occurrence window simply starts again
+        self.histories: OrderedDict[str, list[str]] = OrderedDict()
+        self.max_histories = max_histories
         self.gseq = 0              # last global position observed
         self.base_gseq = 0         # positions already inside a loaded model
         self.observed = 0
@@ -115,6 +119,10 @@ class Recommender:
             hist = self.histories.get(user)
             if hist is None:
                 hist = self.histories[user] = []
+                if len(self.histories) > self.max_histories:
+                    self.histories.popitem(last=False)
+            else:
+                self.histories.move_to_end(user)
             obs = Obs(user, item, float(event["ts"]), tuple(hist), self.catalog.attrs.get(user))
             for source in self.sources:
                 source.observe(obs)
@@ -278,7 +286,7 @@ class Recommender:
             for source in self.sources:
                 if source.name in obj["sources"]:
                     source.load_dict(obj["sources"][source.name])
-            self.histories = {u: list(h) for u, h in obj["histories"].items()}
+            self.histories = OrderedDict((u, list(h)) for u, h in obj["histories"].items())
             self.fusion.load_dict(obj["fusion"])
             self.gseq = self.base_gseq = obj["gseq"]
             self.observed = obj["observed"]
