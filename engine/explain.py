@@ -192,8 +192,32 @@ def explain_item(state: InterestState, env, item: str, entries=None,
     """The item's score source by source, the fusion weights, its rank, a reason
     and the counterfactual rank without the user's strongest contributing event."""
     out = env.recommender.explain(state, item)
+    out["content_tags"] = content_tag_split(state, env.recommender, item,
+                                            out["sources"].get("content", 0.0))
     out["reason"] = reason(out, env.recommender.catalog, state)
     if entries is None:
         entries = list(env.store.read(state.user)) if state.version else []
     out["counterfactual"] = counterfactual(state, env, item, entries, contributions)
     return out
+
+
+def content_tag_split(state: InterestState, recommender, item: str, contribution: float) -> dict:
+    """The content source's contribution to ``item``, split by tag.
+
+    The content score is a dot product of the item's tag vector with the
+    user's normalised tag weights, so each shared tag's term is its exact
+    share; the shares add up to ``contribution``.
+    """
+    if not contribution:
+        return {}
+    query, _segment = recommender._query(state, recommender.use_llm)  # noqa: SLF001
+    weights = recommender.content.user_weights(query.tags)
+    matrix = recommender.tag_matrix.get()
+    user = matrix.user_vector(weights) if weights else None
+    row = matrix.index.get(item)
+    if user is None or row is None:
+        return {}
+    terms = {tag: float(matrix.matrix[row, col] * user[col])
+             for tag, col in matrix.vocab.items() if matrix.matrix[row, col] and user[col]}
+    total = sum(terms.values())
+    return {tag: contribution * term / total for tag, term in terms.items()} if total else {}

@@ -166,3 +166,17 @@ def test_html_report_for_cold_warm_and_unknown_users(server, client, loaded, tmp
     assert explain_report.main(["cold", "--api", server.api, "--item", "m3"]) == 0
     reply = json.loads(capsys.readouterr().out)
     assert reply["user"] == "cold" and reply["item"]["counterfactual"]["rank_without"] >= 1
+
+
+def test_content_contribution_splits_exactly_over_tags(client):
+    client.call("ingest", events=[item_event("a", ["Drama", "War"]),
+                                  item_event("b", ["Drama", "Comedy"]),
+                                  item_event("c", ["Drama", "War", "History"]),
+                                  event("x1", "purchase", item="a"),
+                                  event("x2", "view", item="b", ts=200.0)])
+    reply = client.call("explain", user="u1", item="c")["item"]
+    content = reply["sources"]["content"]
+    assert content > 0
+    split = reply["content_tags"]
+    assert set(split) <= {"Drama", "War"}            # History is not among the user's tags
+    assert sum(split.values()) == pytest.approx(content, rel=1e-9, abs=1e-12)

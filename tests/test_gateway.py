@@ -120,3 +120,27 @@ def test_stats_reports_counters_latency_and_actors(client):
     stats = client.call("stats")
     assert stats["live_actors"] == 1 and stats["applied"] == 1
     assert "ingest" in stats["latency"] and stats["threads"] < 20
+
+
+def test_a_full_store_answers_unavailable_and_keeps_serving(tmp_path, context):
+    from engine.client import Client, RequestError
+    from engine.config import load_config
+    from engine.server import Server
+    from tests.conftest import RANDOM_PORT
+
+    config = load_config(store={"sync": False, "map_size_mb": 1, "max_map_size_mb": 2},
+                         inference={"enabled": False})
+    with Server(config, tmp_path / "d", ingest=RANDOM_PORT, api=RANDOM_PORT) as srv:
+        c = Client(srv.api, timeout=10, context=context)
+        try:
+            c.call("ingest", events=[event("first", item="m1")])
+            with pytest.raises(RequestError) as err:
+                for n in range(100):
+                    c.call("ingest", events=[event(f"b{n}-{i}", item="m1", query="x" * 2000)
+                                             for i in range(100)])
+            assert err.value.code == "unavailable" and "may not grow" in str(err.value)
+            assert c.call("ping")["version"] == 1
+            assert c.call("interests", user="u1")["events"] >= 1
+            assert c.call("stats")["writer"]["failed"] >= 1
+        finally:
+            c.close()

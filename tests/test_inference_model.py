@@ -102,3 +102,33 @@ def test_llama_backend_stop_check_and_gpu_warning(caplog):
         json.loads(done.text) if done.finish_reason == "stop" else prompts.parse_profile(done.text)
     finally:
         backend.close()
+
+
+@pytest.mark.timeout(120)
+def test_fresh_interests_end_to_end_over_the_api_socket(tmp_path):
+    """The real model behind a real server: `interests` with fresh: true over ZeroMQ."""
+    import zmq  # noqa: PLC0415
+
+    from engine.client import Client  # noqa: PLC0415
+    from engine.server import Server  # noqa: PLC0415
+
+    config = load_config(store={"sync": False}, inference={"refresh_min_events": 1000})
+    inference = Inference.start(config, str(tmp_path / "cache"))
+    ctx = zmq.Context()
+    with Server(config, tmp_path / "data", ingest="tcp://127.0.0.1:*",
+                api="tcp://127.0.0.1:*", inference=inference) as server:
+        client = Client(server.api, timeout=90, context=ctx)
+        try:
+            items = [{"v": 1, "id": f"item-{x['item']}", "type": "item", "ts": 1.0,
+                      "item": x["item"], "title": x["title"], "tags": x["tags"]} for x in SCIFI_FAN]
+            views = [{"v": 1, "id": f"v{i}", "type": "view", "ts": 100.0 + i, "user": "fan",
+                      "item": x["item"]} for i, x in enumerate(SCIFI_FAN)]
+            client.call("ingest", events=items + views)
+            reply = client.call("interests", user="fan", fresh=True, deadline_ms=60000)
+            assert reply["llm"] is not None and reply["llm"]["stale"] is False
+            assert reply["llm"]["model"] == inference.model_id
+            assert isinstance(reply["summary"], str) and reply["summary"]
+            assert reply["version"] == len(views) + 1          # the journaled profile event
+        finally:
+            client.close()
+    ctx.destroy(linger=0)
