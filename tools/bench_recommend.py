@@ -3,8 +3,10 @@
 Starts a real service in-process (engine.server.Server on ephemeral ports),
 loads MovieLens (items, users and the first ``--preload`` share of ratings),
 then for ``--seconds`` sends recommend requests at ``--rate`` per second
-(open loop, from ``--clients`` threads, each its own DEALER) while one thread
-publishes the remaining ratings through the ingest socket. Prints one JSON
+(open loop, from a separate load-generator process: one DEALER, requests
+sent on schedule whether or not earlier ones were answered, matched by
+``rid``) while a thread publishes the remaining ratings through the ingest
+socket. Prints one JSON
 object: p50_ms, p99_ms, requests_per_s, ingest_events_per_s (and details).
 """
 
@@ -12,11 +14,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import random
 import sys
 import tempfile
 import threading
 import time
+
+
+def load_generator(api: str, users: list[str], rate: float, seconds: float, k: int,
+                   results) -> None:
+    """Runs in its own process: open-loop recommend requests; puts (latencies, errors, sent)."""
+    import zmq  # noqa: PLC0415
+
+    from engine.codec import decode_frame, encode_frame  # noqa: PLC0415
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(api)
+    rng = random.Random(1)
+    total = int(rate * seconds)
+    pending: dict[int, float] = {}
+    latencies: list[float] = []
+    errors = sent = 0
+    t0 = time.perf_counter()
+    deadline = t0 + seconds + 10
+    while (sent < total or pending) and time.perf_counter() < deadline:
+        now = time.perf_counter()
+        while sent < total and t0 + sent / rate <= now:
+            sock.send(encode_frame({"op": "recommend", "rid": sent, "user": rng.choice(users),
+                                    "k": k}))
+            pending[sent] = time.perf_counter()
+            sent += 1
+        wait_ms = max(0, int((t0 + sent / rate - time.perf_counter()) * 1000)) if sent < total else 50
+        if sock.poll(wait_ms, zmq.POLLIN):
+            while True:
+                try:
+                    reply = decode_frame(sock.recv(zmq.NOBLOCK), 1 << 26)
+                except zmq.Again:
+                    break
+                started = pending.pop(reply.get("rid"), None)
+                if started is None:
+                    continue
+                if reply.get("ok"):
+                    latencies.append((time.perf_counter() - started) * 1000)
+                else:
+                    errors += 1
+    errors += len(pending)        # never answered
+    sock.close()
+    ctx.term()
+    results.put((latencies, errors, sent))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(movielens.DEFAULT_PATH))
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--preload", type=float, default=0.5, help="share of ratings before")
     parser.add_argument("--ingest-rate", type=float, default=2000.0, help="events per second")
     parser.add_argument("--k", type=int, default=10)
@@ -65,41 +111,18 @@ def main(argv: list[str] | None = None) -> int:
                     delay = t0 + published[0] / args.ingest_rate - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
-        latencies: list[float] = []
-        errors = [0]
-        lock = threading.Lock()
-        per_client = args.rate / args.clients
-        n_each = int(per_client * args.seconds)
-
-        def query(seed: int):
-            rng = random.Random(seed)
-            mine = []
-            with Client(server.api, timeout=10) as c:
-                t0 = time.perf_counter()
-                for n in range(n_each):
-                    due = t0 + n / per_client
-                    delay = due - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                    start = time.perf_counter()
-                    try:
-                        c.call("recommend", user=rng.choice(users), k=args.k)
-                    except Exception:  # noqa: BLE001
-                        errors[0] += 1
-                        continue
-                    mine.append((time.perf_counter() - start) * 1000)
-            with lock:
-                latencies.extend(mine)
+        mpctx = mp.get_context("spawn")
+        results = mpctx.Queue()
+        loader = mpctx.Process(target=load_generator, args=(
+            server.api, users, args.rate, args.seconds, args.k, results))
         with Client(server.api) as c:
             applied0 = c.call("stats")["applied"]
         pub_thread = threading.Thread(target=publish, daemon=True)
         pub_thread.start()
         t_start = time.perf_counter()
-        threads = [threading.Thread(target=query, args=(i,)) for i in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        loader.start()
+        latencies, errors, sent = results.get(timeout=args.seconds + 120)
+        loader.join(30)
         elapsed = time.perf_counter() - t_start
         stop.set()
         with Client(server.api) as c:
@@ -113,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "p99_ms": round(latencies[min(n - 1, int(n * 0.99))], 3) if n else None,
         "requests_per_s": round(n / elapsed, 1),
         "ingest_events_per_s": round((applied1 - applied0) / elapsed, 1),
-        "requests": n, "errors": errors[0], "seconds": round(elapsed, 2),
+        "requests": n, "sent": sent, "errors": errors, "seconds": round(elapsed, 2),
         "target_rate": args.rate, "published": published[0],
     }
     if rec_stats:

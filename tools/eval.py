@@ -127,10 +127,10 @@ class Metric:
 class Harness:
     """An in-process service, fed and queried synchronously."""
 
-    def __init__(self, tmp: str, use_llm_shadow: bool = True):
+    def __init__(self, tmp: str, use_llm_shadow: bool = True, config_path: str | None = None):
         from engine.config import load_config
         from engine.service import Service
-        self.config = load_config(store={"sync": False})
+        self.config = load_config(config_path, store={"sync": False})
         self.limits = self.config["limits"]
         self.service = Service(self.config, Path(tmp) / "data")
         if use_llm_shadow:
@@ -186,7 +186,8 @@ def _ask_all(harness: Harness, base: Baselines, user: str, k: int) -> dict[str, 
 # --------------------------------------------------------------- prequential
 
 def prequential(data, *, k: int = 10, warmup: float = 0.2, sample: int | None = None,
-                seed: int = 0, windows: int = 4, progress: bool = True) -> dict:
+                seed: int = 0, windows: int = 4, progress: bool = True,
+                config: str | None = None) -> dict:
     ratings = data.ratings
     start = int(len(ratings) * warmup)
     points = list(range(start, len(ratings)))
@@ -199,7 +200,7 @@ def prequential(data, *, k: int = 10, warmup: float = 0.2, sample: int | None = 
     base = Baselines([it["item"] for it in data.items])
     prior: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(tmp)
+        h = Harness(tmp, config_path=config)
         try:
             h.ingest_chunked(data.items + data.users)
             pos = 0
@@ -248,7 +249,7 @@ def prequential(data, *, k: int = 10, warmup: float = 0.2, sample: int | None = 
 
 # ------------------------------------------------------------- leave-one-out
 
-def leave_one_out(data, *, k: int = 10, progress: bool = True) -> dict:
+def leave_one_out(data, *, k: int = 10, progress: bool = True, config: str | None = None) -> dict:
     ratings = data.ratings
     last: dict[str, int] = {}
     for i, ev in enumerate(ratings):
@@ -260,7 +261,7 @@ def leave_one_out(data, *, k: int = 10, progress: bool = True) -> dict:
     for ev in train:
         base.observe(ev["user"], ev["item"])
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(tmp)
+        h = Harness(tmp, config_path=config)
         try:
             h.ingest_chunked(data.items + data.users)
             h.ingest_chunked(train)
@@ -324,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--only", choices=("prequential", "loo"), default=None)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--config", help="service config overlaid on configs/default.toml")
     args = parser.parse_args(argv)
     try:
         data = movielens.load(args.data)
@@ -335,9 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     pre = loo = None
     if args.only in (None, "prequential"):
         pre = prequential(data, k=args.k, warmup=args.warmup, sample=args.sample or None,
-                          seed=args.seed, windows=args.windows, progress=progress)
+                          seed=args.seed, windows=args.windows, progress=progress,
+                          config=args.config)
     if args.only in (None, "loo"):
-        loo = leave_one_out(data, k=args.k, progress=progress)
+        loo = leave_one_out(data, k=args.k, progress=progress, config=args.config)
     if args.json:
         out = {"prequential": pre["systems"] if pre else {}, "loo": loo["systems"] if loo else {},
                "meta": {"points": pre["points"] if pre else 0,

@@ -489,15 +489,20 @@ class Demographic(Source):
         if not pops:
             return {}
         share = 1.0 / len(pops)
-        out: dict[str, float] = {}
+        keys: dict[str, None] = {}
         for pop in pops:
-            for item in pop.candidates():
-                out.setdefault(item, 0.0)
+            keys.update(dict.fromkeys(pop.candidates()))
         if extra:
-            for item in extra:
-                out.setdefault(item, 0.0)
-        for item in out:
-            out[item] = share * sum(pop.get(item) for pop in pops)
+            keys.update(dict.fromkeys(extra))
+        out: dict[str, float] = {}
+        for pop in pops:          # out[item] = share * sum of the segments' normalised scores
+            if pop.max_score <= 0:
+                continue
+            factor, scores = share / pop.max_score, pop.scores
+            for item in keys:
+                v = scores.get(item)
+                if v:
+                    out[item] = out.get(item, 0.0) + factor * v
         return {k: v for k, v in out.items() if v > 0}
 
     def stats(self) -> dict:
