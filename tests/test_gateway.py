@@ -144,3 +144,33 @@ def test_a_full_store_answers_unavailable_and_keeps_serving(tmp_path, context):
             assert c.call("stats")["writer"]["failed"] >= 1
         finally:
             c.close()
+
+
+def test_events_from_a_configured_pub_feed_are_applied(tmp_path, context):
+    import zmq
+
+    from engine.client import Client
+    from engine.config import load_config
+    from engine.server import Server
+    from tests.conftest import RANDOM_PORT
+
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    config = load_config(store={"sync": False}, inference={"enabled": False},
+                         service={"feeds": [f"tcp://127.0.0.1:{port}"]})
+    try:
+        with Server(config, tmp_path / "d", ingest=RANDOM_PORT, api=RANDOM_PORT) as srv:
+            c = Client(srv.api, timeout=10, context=context)
+            try:
+                # PUB drops messages until the subscription arrives: re-send (same id) until seen
+                def applied():
+                    pub.send(msgpack.packb(event("feed-1", item="m1")))
+                    c.call("flush")
+                    return c.call("interests", user="u1")["events"] == 1
+                wait_for(applied, reason="the feed's event to be applied")
+                assert c.call("interests", user="u1")["events"] == 1   # re-sends were duplicates
+            finally:
+                c.close()
+    finally:
+        pub.close(linger=0)
