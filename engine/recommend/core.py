@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import os
 import threading
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -137,7 +138,9 @@ class Recommender:
         item = event.get("item")
         if item is None or event["type"] in NOT_POSITIVE or state is None:
             return
-        if state.events % self.feedback_every:
+        # a deterministic per-user offset spreads the sampled events over users, so cold
+        # users (few events) are sampled as often as warm ones
+        if (state.events + zlib.crc32(state.user.encode("utf-8"))) % self.feedback_every:
             return
         if self._credited.get(state.user) == entry.seq:   # one dict read: atomic, no lock
             return
