@@ -34,6 +34,12 @@ from engine.events import PROFILE_TYPE, ProfileEvent
 logger = logging.getLogger(__name__)
 
 
+def item_text(item: str, record: dict) -> str:
+    """What an item's embedding is computed from: title, tags and text."""
+    tags = ", ".join(record.get("tags") or ())
+    return f"{record.get('title') or item}. {tags}. {record.get('text') or ''}".strip()
+
+
 @dataclass(frozen=True, slots=True)
 class RefreshDue:
     """Timer message to a user actor: check whether a debounced refresh is due."""
@@ -205,9 +211,7 @@ class ProfileScheduler:
                 on_done=self._vectors_ready))
 
     def _item_text(self, item: str) -> str:
-        record = self.catalog.get(item) or {}
-        tags = ", ".join(record.get("tags") or ())
-        return f"{record.get('title') or item}. {tags}. {record.get('text') or ''}".strip()
+        return item_text(item, self.catalog.get(item) or {})
 
     def _vectors_ready(self, vectors) -> None:
         if isinstance(vectors, Exception):

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from engine.errors import InterestError
+
 SYSTEMS = ("service", "service_no_llm", "popularity", "item_knn_last")
 COLD_BELOW = 5
 
@@ -127,7 +129,8 @@ class Metric:
 class Harness:
     """An in-process service, fed and queried synchronously."""
 
-    def __init__(self, tmp: str, use_llm_shadow: bool = True, config_path: str | None = None):
+    def __init__(self, tmp: str, use_llm_shadow: bool = True, config_path: str | None = None,
+                 vectors: dict | None = None):
         from engine.config import load_config
         from engine.service import Service
         self.config = load_config(config_path, store={"sync": False})
@@ -135,6 +138,8 @@ class Harness:
         self.service = Service(self.config, Path(tmp) / "data")
         if use_llm_shadow:
             self.service.recommender.shadow = {"service_no_llm": {"use_llm": False}}
+        for item, vector in (vectors or {}).items():
+            self.service.recommender.set_item_vector(item, vector)
 
     def ingest(self, wires: list[dict]) -> None:
         from engine.events import parse_event
@@ -183,11 +188,37 @@ def _ask_all(harness: Harness, base: Baselines, user: str, k: int) -> dict[str, 
             "popularity": base.popularity(user, k), "item_knn_last": base.item_knn_last(user, k)}
 
 
+def embed_items(data, config_path: str | None, cache: str, progress: bool,
+                batch: int = 32) -> dict:
+    """Item embeddings from the real model (cached across runs in ``cache``)."""
+    from actors.inference import Inference
+    from engine.config import load_config
+    from engine.errors import ModelUnavailable
+    from engine.profiles import item_text
+    inference = Inference.start(load_config(config_path), cache)
+    if not inference.available:
+        raise ModelUnavailable(inference.reason)
+    vectors: dict = {}
+    try:
+        bar = tqdm(total=len(data.items), desc="embedding items", disable=not progress,
+                   file=sys.stderr, leave=False)
+        for start in range(0, len(data.items), batch):
+            records = data.items[start:start + batch]
+            texts = [item_text(r["item"], r) for r in records]
+            for record, vector in zip(records, inference.embed(texts, timeout_s=600)):
+                vectors[record["item"]] = vector
+            bar.update(len(records))
+        bar.close()
+    finally:
+        inference.stop(timeout=30)
+    return vectors
+
+
 # --------------------------------------------------------------- prequential
 
 def prequential(data, *, k: int = 10, warmup: float = 0.2, sample: int | None = None,
                 seed: int = 0, windows: int = 4, progress: bool = True,
-                config: str | None = None) -> dict:
+                config: str | None = None, vectors: dict | None = None) -> dict:
     ratings = data.ratings
     start = int(len(ratings) * warmup)
     points = list(range(start, len(ratings)))
@@ -200,7 +231,7 @@ def prequential(data, *, k: int = 10, warmup: float = 0.2, sample: int | None = 
     base = Baselines([it["item"] for it in data.items])
     prior: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(tmp, config_path=config)
+        h = Harness(tmp, config_path=config, vectors=vectors)
         try:
             h.ingest_chunked(data.items + data.users)
             pos = 0
@@ -249,7 +280,8 @@ def prequential(data, *, k: int = 10, warmup: float = 0.2, sample: int | None = 
 
 # ------------------------------------------------------------- leave-one-out
 
-def leave_one_out(data, *, k: int = 10, progress: bool = True, config: str | None = None) -> dict:
+def leave_one_out(data, *, k: int = 10, progress: bool = True, config: str | None = None,
+                  vectors: dict | None = None) -> dict:
     ratings = data.ratings
     last: dict[str, int] = {}
     for i, ev in enumerate(ratings):
@@ -261,7 +293,7 @@ def leave_one_out(data, *, k: int = 10, progress: bool = True, config: str | Non
     for ev in train:
         base.observe(ev["user"], ev["item"])
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(tmp, config_path=config)
+        h = Harness(tmp, config_path=config, vectors=vectors)
         try:
             h.ingest_chunked(data.items + data.users)
             h.ingest_chunked(train)
@@ -326,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("prequential", "loo"), default=None)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--config", help="service config overlaid on configs/default.toml")
+    parser.add_argument("--llm", action="store_true",
+                        help="embed every item with the configured model first, so the "
+                             "language-model source is live and the ablation measures it")
+    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "interest-eval-cache"),
+                        help="inference result cache reused across runs (with --llm)")
     args = parser.parse_args(argv)
     try:
         data = movielens.load(args.data)
@@ -334,16 +371,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     progress = not args.no_progress and sys.stderr.isatty()
     t0 = time.time()
+    vectors = None
+    if args.llm:
+        try:
+            vectors = embed_items(data, args.config, args.cache, progress)
+        except InterestError as exc:
+            print(f"interest eval: --llm needs the model: {exc}", file=sys.stderr)
+            return 2
     pre = loo = None
     if args.only in (None, "prequential"):
         pre = prequential(data, k=args.k, warmup=args.warmup, sample=args.sample or None,
                           seed=args.seed, windows=args.windows, progress=progress,
-                          config=args.config)
+                          config=args.config, vectors=vectors)
     if args.only in (None, "loo"):
-        loo = leave_one_out(data, k=args.k, progress=progress, config=args.config)
+        loo = leave_one_out(data, k=args.k, progress=progress, config=args.config,
+                            vectors=vectors)
     if args.json:
         out = {"prequential": pre["systems"] if pre else {}, "loo": loo["systems"] if loo else {},
-               "meta": {"points": pre["points"] if pre else 0,
+               "meta": {"points": pre["points"] if pre else 0, "llm": bool(args.llm),
                         "cold_points": pre["cold_points"] if pre else 0,
                         "sample": args.sample, "seed": args.seed, "warmup": args.warmup,
                         "seconds": round(time.time() - t0, 1),
