@@ -121,11 +121,18 @@ def _require(obj: dict, key: str) -> Any:
     return obj[key]
 
 
+def _present(obj: dict, key: str, required: bool) -> bool:
+    """True if the field has a value; a missing required field is an error."""
+    if key in obj and obj[key] is not None:
+        return True
+    if required:
+        raise ValidationError(f"field '{key}' is required")
+    return False
+
+
 def _string(obj: dict, key: str, limit: int, *, required: bool = True,
             allow_empty: bool = False) -> str | None:
-    if key not in obj or obj[key] is None:
-        if required:
-            raise ValidationError(f"field '{key}' is required")
+    if not _present(obj, key, required):
         return None
     value = obj[key]
     if not isinstance(value, str):
@@ -149,9 +156,7 @@ def _identifier(obj: dict, key: str, limit: int, *, required: bool = True) -> st
 
 
 def _number(obj: dict, key: str, *, required: bool = True) -> float | None:
-    if key not in obj or obj[key] is None:
-        if required:
-            raise ValidationError(f"field '{key}' is required")
+    if not _present(obj, key, required):
         return None
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -163,9 +168,7 @@ def _number(obj: dict, key: str, *, required: bool = True) -> float | None:
 
 
 def _mapping(obj: dict, key: str, *, required: bool) -> dict | None:
-    if key not in obj or obj[key] is None:
-        if required:
-            raise ValidationError(f"field '{key}' is required")
+    if not _present(obj, key, required):
         return None
     value = obj[key]
     if not isinstance(value, dict):

@@ -3,6 +3,8 @@ and torn down with a time limit. Addresses use random localhost ports."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import zmq
 
@@ -24,6 +26,17 @@ def event(id_, type_="view", user="u1", item="m1", ts=100.0, **extra):
 def item_event(item, tags, title=None, ts=1.0):
     return {"v": 1, "id": f"item-{item}-{ts}", "type": "item", "ts": ts, "item": item,
             "title": title or f"Title {item}", "tags": list(tags)}
+
+
+def wait_for(predicate, timeout=5.0, reason="condition"):
+    """Poll ``predicate`` until it returns something true; fail with ``reason`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout}s waiting for {reason}")
 
 
 @pytest.fixture

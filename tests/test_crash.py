@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import zmq
 
 from engine.client import Client
 from engine.errors import DeadlineExceeded
@@ -40,13 +39,6 @@ def wait_ready(client: Client, proc: subprocess.Popen, timeout: float = 30.0) ->
         except DeadlineExceeded:
             continue
     pytest.fail("server did not answer ping in time")
-
-
-@pytest.fixture
-def context():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
 
 
 @pytest.fixture

@@ -1,25 +1,14 @@
 """Integration: real sockets on random localhost ports, a real LMDB in a temp dir."""
 
 import os
-import time
 
 import msgpack
 import pytest
 
 from engine.codec import encode_frame
-from tests.conftest import event, item_event
+from tests.conftest import event, item_event, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate, timeout=5.0, reason="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out after {timeout}s waiting for {reason}")
 
 
 def test_ping(client):

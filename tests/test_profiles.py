@@ -11,7 +11,7 @@ from engine.config import load_config
 from engine.server import Server
 from engine.state import replay
 from engine.store import LmdbStore
-from tests.conftest import RANDOM_PORT, event, item_event
+from tests.conftest import RANDOM_PORT, event, item_event, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,27 +33,14 @@ def server(tmp_path, backend):
     srv.stop()
 
 
-@pytest.fixture
-def client(server, context):
-    c = Client(server.api, timeout=10, context=context)
-    yield c
-    c.close()
-
-
-def _poll(fn, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail("timed out waiting for the model profile")
+# `client` (tests/conftest.py) talks to the `server` defined here
 
 
 def test_debounced_refresh_is_journaled_and_folded(client, server, tmp_path):
     client.call("ingest", events=[item_event("m1", ["Drama"])] +
                 [event(f"e{i}", item="m1", ts=100.0 + i) for i in range(3)])
-    reply = _poll(lambda: (r := client.call("interests", user="u1"))["summary"] and r)
+    reply = wait_for(lambda: (r := client.call("interests", user="u1"))["summary"] and r,
+                     timeout=10, reason="the model profile")
     assert reply["summary"] == "into quiet dramas"
     assert reply["llm"]["stale"] is False and reply["llm"]["model"].startswith("fake.gguf")
     assert reply["version"] == 4 and reply["events"] == 3     # derived entry, not a behaviour

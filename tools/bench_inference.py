@@ -103,17 +103,25 @@ def _wait_profile(inf: Inference, user: str, items, queries, priority: str, time
 # -- measurements ------------------------------------------------------------
 
 
+def _timed_online(inf: Inference, ctx: Context, prefix: str, n: int, timeout_s: float,
+                  gap_s: float) -> list[float]:
+    """Latencies (ms) of ``n`` online refreshes of distinct users, one after another."""
+    lat = []
+    for i in range(n):
+        items, queries = user_inputs(f"{prefix}-{i}", ctx.args.seed)
+        t0 = time.perf_counter()
+        _wait_profile(inf, f"{prefix}-{i}", items, queries, "online", timeout_s)
+        lat.append((time.perf_counter() - t0) * 1000)
+        time.sleep(gap_s)
+    return lat
+
+
 def measure_idle(ctx: Context) -> dict[str, Any]:
     """Online refreshes of distinct users, one at a time, nothing else running."""
     inf = Inference.start(ctx.config, None)
     try:
         _wait_profile(inf, "warmup", *user_inputs("warmup", ctx.args.seed), "online", 120)
-        lat = []
-        for i in range(ctx.args.online):
-            items, queries = user_inputs(f"idle-{i}", ctx.args.seed)
-            t0 = time.perf_counter()
-            _wait_profile(inf, f"idle-{i}", items, queries, "online", 120)
-            lat.append((time.perf_counter() - t0) * 1000)
+        lat = _timed_online(inf, ctx, "idle", ctx.args.online, 120, gap_s=0.0)
         ctx.notes["model"] = inf.model_id
         ctx.notes["load_s"] = round(inf.load_s, 3)
     finally:
@@ -144,13 +152,8 @@ def _saturated(ctx: Context, fifo: bool) -> tuple[list[float], dict]:
         for _ in range(ctx.args.background_depth):
             feed()
         time.sleep(ctx.args.online_gap_s)
-        lat = []
-        for i in range(ctx.args.saturated_online):
-            items, queries = user_inputs(f"sat-{i}", ctx.args.seed)
-            t0 = time.perf_counter()
-            _wait_profile(inf, f"sat-{i}", items, queries, "online", 600)
-            lat.append((time.perf_counter() - t0) * 1000)
-            time.sleep(ctx.args.online_gap_s)
+        lat = _timed_online(inf, ctx, "sat", ctx.args.saturated_online, 600,
+                            gap_s=ctx.args.online_gap_s)
         stats = inf.stats()
     finally:
         stop.set()
