@@ -294,11 +294,22 @@ class Service:
 
     def _sweep_loop(self) -> None:
         period = self.config["runtime"]["sweep_seconds"]
+        every = self.config["recommend"]["checkpoint_seconds"]
+        next_checkpoint = time.monotonic() + every
         while not self._stopping.wait(period):
             try:
                 self.users.sweep()
+                if time.monotonic() >= next_checkpoint:
+                    next_checkpoint = time.monotonic() + every
+                    self.checkpoint()
             except Exception:  # noqa: BLE001
-                logger.exception("passivation sweep failed")
+                logger.exception("passivation sweep or checkpoint failed")
+
+    def checkpoint(self) -> None:
+        """Save the recommendation models and fusion weights, so that a restart replays
+        only the journal after them (and the adapted weights survive)."""
+        if self.recommender.gseq > self.recommender.base_gseq:
+            self.recommender.save(model_path(self.data_dir))
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
@@ -314,6 +325,11 @@ class Service:
         self.writer.barrier(finished.set)     # final snapshots are committed
         finished.wait(timeout)
         self.writer.stop(timeout)
+        self._sweeper.join(timeout)
+        try:
+            self.checkpoint()                 # nothing observes after the writer stopped
+        except OSError as exc:
+            logger.error("could not save the recommender checkpoint: %s", exc)
         self.dispatcher.shutdown(timeout)
         if self.profiles is not None:
             self.profiles.stop()

@@ -295,15 +295,20 @@ class Recommender:
             self.observed = obj["observed"]
 
     def save(self, path: str | Path) -> Path:
+        """Write the models and fusion weights atomically (safe while the service runs:
+        they are packed under the lock, so the writer thread cannot change them mid-way)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            data = msgpack.packb(self.to_dict(), use_bin_type=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(msgpack.packb(self.to_dict(), use_bin_type=True))
+        tmp.write_bytes(data)
         os.replace(tmp, path)
         return path
 
     def load(self, path: str | Path) -> bool:
-        """Load a trained model (``interest train``); False when the file is absent.
+        """Load a trained model (``interest train``) or the service's last checkpoint;
+        False when the file is absent.
 
         Call before the service replays its journal: entries with a global
         position at or below the model's are skipped by ``observe``.
