@@ -40,17 +40,21 @@ class UserEnv:
 
 def load_state(store: Store, user: str, params: FoldParams) -> InterestState:
     """Snapshot plus journal tail; a bad snapshot is ignored and the journal replayed."""
-    state = InterestState(user=user)
+    return _load(store, user, params)[0]
+
+
+def _load(store: Store, user: str, params: FoldParams) -> tuple[InterestState, int]:
+    """(state, seq of the stored snapshot or 0)."""
+    state, snap_seq = InterestState(user=user), 0
     snap = store.snapshot(user)
     if snap is not None:
         try:
-            state = InterestState.decode(snap[1])
+            state, snap_seq = InterestState.decode(snap[1]), snap[0]
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("snapshot of %r unusable (%s); replaying its journal", user, exc)
-            state = InterestState(user=user)
     for entry in store.read(user, after_seq=state.version):
         state.update(entry, params)
-    return state
+    return state, snap_seq
 
 
 class UserActor(PooledActor):
@@ -72,9 +76,7 @@ class UserActor(PooledActor):
         if isinstance(message, Apply) and message.entries and message.entries[0].seq == 1:
             self.state = InterestState(user=self.user)
             return
-        self.state = load_state(self.env.store, self.user, self.env.params)
-        snap = self.env.store.snapshot(self.user)
-        self.snapshot_version = snap[0] if snap else 0
+        self.state, self.snapshot_version = _load(self.env.store, self.user, self.env.params)
 
     def on_stop(self) -> None:
         """Runs on a dispatcher worker when passivated: write a final snapshot."""

@@ -113,3 +113,12 @@ def test_bad_query_is_answered_and_the_actor_lives(env, spawn):
     error = ask(ref, "recommend", user="u1", k="many")
     assert error.code == "bad_request" and "'k'" in str(error)
     assert ask(ref, "interests", user="u1")["events"] == 0
+
+
+def test_an_unreadable_snapshot_is_rebuilt_from_the_journal(env, spawn):
+    commit(env, item_event("m1", ["Drama"]))
+    entries = commit(env, event("a", item="m1"), event("b", "purchase", item="m1", ts=200.0))
+    env.store.commit(WriteBatch(snapshots=[("u1", 2, b"\xc1 not a state")]))
+    reply = ask(spawn("u1"), "interests", user="u1")
+    assert reply["version"] == 2
+    assert reply["tags"] == replay("u1", entries, env.params).tag_weights(env.params)[:50]
