@@ -14,7 +14,7 @@ from typing import Any
 
 from actors.messages import Apply, ProfileDone, Query
 from actors.runtime import PooledActor
-from engine.errors import BadRequest, InterestError
+from engine.errors import BadRequest, InterestError, NotFound
 from engine.explain import explain_user
 from engine.state import FoldParams, InterestState
 from engine.store import Store
@@ -175,12 +175,23 @@ def answer(op: str, request: dict, state: InterestState, env: UserEnv) -> dict:
         exclude_seen = request.get("exclude_seen", True)
         if not isinstance(exclude_seen, bool):
             raise BadRequest("field 'exclude_seen' must be a boolean")
+        candidates = _candidates(request)
+        unknown = []
+        if candidates is not None:
+            index = env.recommender.catalog.index
+            unknown = [c for c in candidates if c not in index]
+            candidates = [c for c in candidates if c in index]
         reply = env.recommender.recommend(state, k=_k(request, env), exclude_seen=exclude_seen,
-                                          candidates=_candidates(request))
-        return {"user": state.user, **reply}
+                                          candidates=candidates)
+        out = {"user": state.user, **reply}
+        if unknown:
+            out["unknown_candidates"] = unknown     # not in the catalog: not ranked
+        return out
     if op == "explain":
         item = request.get("item")
         if item is not None and not isinstance(item, str):
             raise BadRequest("field 'item' must be a string")
+        if item is not None and item not in env.recommender.catalog.index:
+            raise NotFound(f"item {item!r} is not in the catalog")
         return explain_user(state, env, item)
     raise BadRequest(f"unknown op {op!r}")

@@ -163,3 +163,15 @@ def test_events_from_a_configured_pub_feed_are_applied(tmp_path, context):
                 c.close()
     finally:
         pub.close(linger=0)
+
+
+def test_unknown_items_are_reported_not_ranked(client):
+    from engine.client import RequestError
+
+    client.call("ingest", events=[item_event("m1", ["Drama"]), event("a", item="m2")])
+    reply = client.call("recommend", user="u1", candidates=["zz", "m1"])
+    assert [row["item"] for row in reply["items"]] == ["m1"]
+    assert reply["unknown_candidates"] == ["zz"]
+    with pytest.raises(RequestError) as err:
+        client.call("explain", user="u1", item="zz")
+    assert err.value.code == "not_found" and "'zz' is not in the catalog" in str(err.value)
