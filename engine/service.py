@@ -312,14 +312,21 @@ class Service:
             self.recommender.save(model_path(self.data_dir))
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop in dependency order: model work first (its answers go to user actors),
+        then drain and apply what was received, passivate every actor (final
+        snapshots), commit, checkpoint the models, and close the store."""
         self._stopping.set()
+        if self.profiles is not None:
+            self.profiles.stop()
+        if self.inference is not None:
+            self.inference.stop(timeout)
         done = threading.Event()
         self.flush(done.set)
         done.wait(timeout)
         self.users.stop_all(timeout)
         try:
             self.catalog_actor.stop(block=True, timeout=timeout)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - already stopped
             pass
         finished = threading.Event()
         self.writer.barrier(finished.set)     # final snapshots are committed
@@ -331,10 +338,6 @@ class Service:
         except OSError as exc:
             logger.error("could not save the recommender checkpoint: %s", exc)
         self.dispatcher.shutdown(timeout)
-        if self.profiles is not None:
-            self.profiles.stop()
-        if self.inference is not None:
-            self.inference.stop(timeout)
         self.store.close()
 
 
