@@ -101,7 +101,28 @@ class Backend(Protocol):
 # --------------------------------------------------------------------------
 
 
-class LlamaBackend:
+class _Identity:
+    """The read-only identity every backend exposes (set ``_model_id``,
+    ``_embed_model_id`` and ``_dim`` in ``__init__``)."""
+
+    _model_id: str
+    _embed_model_id: str
+    _dim: int
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def embed_model_id(self) -> str:
+        return self._embed_model_id
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+
+class LlamaBackend(_Identity):
     """In-process llama.cpp (llama-cpp-python 0.3.x)."""
 
     def __init__(
@@ -200,18 +221,6 @@ class LlamaBackend:
             repeat_penalty=inf.get("repeat_penalty", 1.2),
             verbose=m.get("verbose", False),
         )
-
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
-    def embed_model_id(self) -> str:
-        return self._embed_model_id
-
-    @property
-    def dim(self) -> int:
-        return self._dim
 
     def _grammar(self, schema: dict) -> Any:
         key = json.dumps(schema)  # not sort_keys: property order is the output order
@@ -343,7 +352,7 @@ def fake_profile_text(prompt: str) -> str:
     return json.dumps({"tags": tags, "summary": "Likes " + " and ".join(tags[:3]) + "."})
 
 
-class FakeBackend:
+class FakeBackend(_Identity):
     """A ``Backend`` made of plain functions, for tests.
 
     ``complete_fn(prompt) -> text``; the text is "generated" in
@@ -378,18 +387,6 @@ class FakeBackend:
         self.embed_calls: list[list[str]] = []
         self.preemptions = 0
         self.closed = False
-
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
-    def embed_model_id(self) -> str:
-        return self._embed_model_id
-
-    @property
-    def dim(self) -> int:
-        return self._dim
 
     def complete(
         self,
