@@ -137,6 +137,28 @@ class UserActor(PooledActor):
             message.reply(InterestError(f"{type(exc).__name__}: {exc}"))
 
 
+class ColdUserActor(PooledActor):
+    """Answers queries for users with no journal from an empty state, on a worker
+    thread (never the gateway's), without activating a per-user actor for them."""
+
+    def __init__(self, env: UserEnv):
+        super().__init__()
+        self.env = env
+
+    def on_receive(self, message):
+        """Runs on a dispatcher worker."""
+        if isinstance(message, Query):
+            try:
+                state = InterestState(user=message.request["user"])
+                message.reply(answer(message.op, message.request, state, self.env))
+            except InterestError as exc:
+                message.reply(exc)
+            except Exception as exc:  # noqa: BLE001 - a bad query must not kill the actor
+                logger.exception("cold query %s failed", message.op)
+                message.reply(InterestError(f"{type(exc).__name__}: {exc}"))
+        return None
+
+
 def interests_reply(state: InterestState, env: UserEnv, stale: bool | None = None) -> dict:
     profile = state.profile
     llm = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Callable
@@ -21,14 +22,14 @@ import psutil
 from actors.catalog import CatalogActor
 from actors.messages import Apply, Query
 from actors.runtime import ActorDirectory, Dispatcher
-from actors.user import UserActor, UserEnv, answer
+from actors.user import ColdUserActor, UserActor, UserEnv
 from engine.catalog import Catalog
 from engine.codec import CATALOG_STREAM
 from engine.errors import BadRequest, InterestError
 from engine.events import CATALOG_TYPES, PROFILE_TYPE, Event, parse_event
 from engine.profiles import ProfileScheduler
 from engine.recommend import Recommender, model_path
-from engine.state import FoldParams, InterestState
+from engine.state import FoldParams
 from engine.store import APPENDED, Store, open_store
 from engine.writer import WriteJob, Writer
 
@@ -121,6 +122,8 @@ class Service:
                 inference, self.catalog, config, tell_user=self.users.tell,
                 append_events=self.ingest_events, recommender=self.recommender)
             self.env.profiles = self.profiles
+        self._cold = [ColdUserActor.spawn(self.dispatcher, self.env)
+                      for _ in range(rt["workers"])]
         self.catalog_actor = CatalogActor.spawn(
             self.dispatcher, self.catalog, self.store,
             on_items=self.profiles.embed_items if self.profiles else None, stats=self.env.stats)
@@ -253,9 +256,9 @@ class Service:
         if user in self.users.keys_view() or self.store.last_seq(user) > 0:
             self.users.tell(user, query)
             return
-        # unknown user: the cold-start answer, without activating an actor
+        # unknown user: the cold-start answer, without activating a per-user actor
         self.counters["unknown_user_queries"] += 1
-        reply(answer(op, request, InterestState(user=user), self.env))
+        self._cold[zlib.crc32(user.encode("utf-8")) % len(self._cold)].tell(query)
 
     # -------------------------------------------------------------- stats
 
@@ -324,10 +327,11 @@ class Service:
         self.flush(done.set)
         done.wait(timeout)
         self.users.stop_all(timeout)
-        try:
-            self.catalog_actor.stop(block=True, timeout=timeout)
-        except Exception:  # noqa: BLE001 - already stopped
-            pass
+        for ref in (*self._cold, self.catalog_actor):
+            try:
+                ref.stop(block=True, timeout=timeout)
+            except Exception:  # noqa: BLE001 - already stopped
+                pass
         finished = threading.Event()
         self.writer.barrier(finished.set)     # final snapshots are committed
         finished.wait(timeout)
