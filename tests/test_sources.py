@@ -87,7 +87,9 @@ def test_incremental_models_equal_batch_at_every_step(seed):
     entries = stream(300, seed)
     for step, entry in enumerate(entries, 1):
         rec.observe(entry)
-        cooc, trans, counts = batch_models(entries[:step])
+        cooc, trans, counts = batch_models(
+            entries[:step], history=rec.history_len, cwin=rec.collaborative.window,
+            swin=rec.sequential.window, gap=rec.sequential.gap_decay)
         assert rec.collaborative.table.rows == cooc
         assert rec.collaborative.counts == counts
         got = rec.sequential.table.rows

@@ -196,7 +196,7 @@ class Collaborative(Source):
 
     name = "collaborative"
 
-    def __init__(self, window: int = 50, k: int = 100, query_items: int = 12,
+    def __init__(self, window: int = 20, k: int = 100, query_items: int = 12,
                  recency: float = 0.85):
         self.window, self.query_items, self.recency = window, query_items, recency
         self.table = NeighbourTable(k)
