@@ -212,12 +212,13 @@ def content_tag_split(state: InterestState, recommender, item: str, contribution
         return {}
     query, _segment = recommender._query(state, recommender.use_llm)  # noqa: SLF001
     weights = recommender.content.user_weights(query.tags)
-    matrix = recommender.tag_matrix.get()
-    user = matrix.user_vector(weights) if weights else None
-    row = matrix.index.get(item)
-    if user is None or row is None:
-        return {}
-    terms = {tag: float(matrix.matrix[row, col] * user[col])
-             for tag, col in matrix.vocab.items() if matrix.matrix[row, col] and user[col]}
+    with recommender._lock:      # noqa: SLF001 - the tag matrix is rebuilt under this lock
+        matrix = recommender.tag_matrix.get()
+        user = matrix.user_vector(weights) if weights else None
+        row = matrix.index.get(item)
+        if user is None or row is None:
+            return {}
+        terms = {tag: float(matrix.matrix[row, col] * user[col])
+                 for tag, col in matrix.vocab.items() if matrix.matrix[row, col] and user[col]}
     total = sum(terms.values())
     return {tag: contribution * term / total for tag, term in terms.items()} if total else {}

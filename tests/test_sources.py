@@ -18,7 +18,7 @@ from engine.config import load_config
 from engine.popularity import Popularity
 from engine.recommend import Recommender
 from engine.recommend.sources import (Collaborative, Demographic, Obs, PopularitySource, Query,
-                                      Sequential, segments_of)
+                                      Sequential, TagMatrix, segments_of)
 from engine.state import FoldParams, InterestState
 
 PARAMS = FoldParams.from_config(load_config())
@@ -349,3 +349,14 @@ def test_concurrent_reads_while_the_writer_learns():
         t.join()
     assert not errors
     assert rec.stats()["observed"] > 0
+
+
+def test_model_tags_match_catalog_tags_whatever_their_case():
+    cat = Catalog()
+    cat.put_item("a", {"tags": ["Sci-Fi", "Drama"], "title": "A"})
+    cat.put_item("b", {"tags": ["Comedy"], "title": "B"})
+    matrix = TagMatrix(cat).get()
+    lower = matrix.user_vector({"sci-fi": 1.0})
+    exact = matrix.user_vector({"Sci-Fi": 1.0})
+    assert lower is not None and (lower == exact).all()
+    assert matrix.user_vector({"western": 1.0}) is None

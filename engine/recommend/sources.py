@@ -268,6 +268,7 @@ class TagMatrix:
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
         self.vocab: dict[str, int] = {}
+        self.folded: dict[str, int] = {}          # casefolded tag -> column
         self.matrix = np.zeros((0, 0), dtype=np.float32)
 
     def get(self):
@@ -285,6 +286,9 @@ class TagMatrix:
                 if tags:
                     matrix[i, [vocab[t] for t in tags]] = 1.0 / math.sqrt(len(set(tags)))
             self.ids, self.vocab, self.matrix = list(ids), vocab, matrix
+            self.folded = {}
+            for tag, col in vocab.items():
+                self.folded.setdefault(tag.casefold(), col)
             self.index = {item: i for i, item in enumerate(self.ids)}
             self.n = n
         return self
@@ -293,6 +297,8 @@ class TagMatrix:
         u = np.zeros(self.matrix.shape[1], dtype=np.float32)
         for tag, w in weights.items():
             col = self.vocab.get(tag)
+            if col is None:     # the model writes tags in lower case ("sci-fi" for "Sci-Fi")
+                col = self.folded.get(tag.casefold())
             if col is not None:
                 u[col] = w
         norm = float(np.linalg.norm(u))
