@@ -125,7 +125,7 @@ class UserActor(PooledActor):
 
     def _answer(self, message: Query) -> None:
         try:
-            if message.op == "interests" and message.request.get("fresh") \
+            if message.op == "interests" and message.request.get("fresh") is True \
                     and self.env.profiles is not None:
                 self.env.profiles.fresh(self, message)
                 return
@@ -192,6 +192,8 @@ def _candidates(request: dict) -> list[str] | None:
 def answer(op: str, request: dict, state: InterestState, env: UserEnv) -> dict:
     """Answer a read op from a user's state (the state of an unknown user is empty)."""
     if op == "interests":
+        if not isinstance(request.get("fresh", False), bool):
+            raise BadRequest("field 'fresh' must be a boolean")
         return interests_reply(state, env)
     if op == "recommend":
         exclude_seen = request.get("exclude_seen", True)

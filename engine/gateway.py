@@ -248,14 +248,14 @@ class Gateway:
         self.service.handle(op, request, reply)
 
     def _watch_deadline(self, request: dict, reply: Reply) -> None:
-        if request.get("op") == "interests":
-            return      # answers by its deadline itself: from state, with llm.stale set
         key = "timeout_ms" if request.get("op") == "flush" else "deadline_ms"
         ms = request.get(key)
         if ms is None:
             return
         if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms <= 0:
             raise BadRequest(f"field '{key}' must be a positive number")
+        if request.get("op") == "interests":
+            return      # answers by its deadline itself: from state, with llm.stale set
         heapq.heappush(self._deadlines, (time.monotonic() + ms / 1000, id(reply), reply))
 
     def _expire(self) -> None:

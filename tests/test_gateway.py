@@ -81,6 +81,8 @@ def test_bad_api_frames_are_rejected_and_the_service_keeps_serving(client, frame
     ({"op": "ingest", "events": "nope"}, "field 'events' must be a list"),
     ({"op": "ingest"}, "field 'events' must be a list"),
     ({"op": "flush", "timeout_ms": "soon"}, "field 'timeout_ms'"),
+    ({"op": "interests", "user": "u", "fresh": True, "deadline_ms": "soon"}, "field 'deadline_ms'"),
+    ({"op": "interests", "user": "u", "fresh": "yes"}, "field 'fresh' must be a boolean"),
 ])
 def test_bad_requests_get_precise_errors(client, request_, message):
     reply = client.raw(dict(request_))
