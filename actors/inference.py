@@ -30,10 +30,8 @@ without a round trip through the (possibly busy) actor.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence

@@ -48,10 +48,6 @@ class Dispatcher:
         for thread in self._threads:
             thread.start()
 
-    @property
-    def thread_count(self) -> int:
-        return len(self._threads)
-
     def schedule(self, actor: "PooledActor") -> None:
         self._ready.put(actor)
 

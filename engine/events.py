@@ -245,21 +245,3 @@ def _behaviour(obj: dict, event_id: str, event_type: str, ts: float, extra: dict
     ctx = _mapping(obj, "ctx", required=False)
     return BehaviourEvent(id=event_id, type=event_type, ts=ts, extra=extra, user=user,
                           item=item, value=value, query=query, ctx=ctx)
-
-
-def profile_from_wire(obj: dict) -> ProfileEvent:
-    """Rebuild a journaled profile event (trusted: written by the service)."""
-    emb = obj.get("embedding")
-    return ProfileEvent(
-        id=obj["id"], type=PROFILE_TYPE, ts=float(obj["ts"]), user=obj["user"],
-        tags=tuple(obj.get("tags") or ()), summary=obj.get("summary") or "",
-        model=obj.get("model") or "", input_hash=obj.get("input_hash") or "",
-        embedding=tuple(emb) if emb else None,
-    )
-
-
-def from_wire(obj: dict, limits: dict | None = None) -> Event:
-    """Rebuild any stored event map, derived profile events included."""
-    if isinstance(obj, dict) and obj.get("type") == PROFILE_TYPE:
-        return profile_from_wire(obj)
-    return parse_event(obj, limits)

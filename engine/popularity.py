@@ -84,11 +84,6 @@ class Popularity:
         self.t0 = ts
         self._refresh_top()          # heap keys must never be above the real scores
 
-    def top(self, n: int) -> list[tuple[str, float]]:
-        with self._lock:
-            ranked = sorted(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        return ranked[:n]
-
     def candidates(self) -> list[str]:
         """The (roughly) ``top_n`` most popular items, refreshed as events arrive."""
         return [item for _, item in list(self._heap)]
@@ -97,14 +92,6 @@ class Popularity:
         """Normalised score of one item (the most popular scores 1)."""
         top = self.max_score
         return self.scores.get(item, 0.0) / top if top > 0 else 0.0
-
-    def normalised(self) -> dict[str, float]:
-        """Scores divided by the largest, so the best item scores 1."""
-        with self._lock:
-            if not self.scores:
-                return {}
-            top = self.max_score
-            return {k: v / top for k, v in self.scores.items()} if top > 0 else {}
 
     def __len__(self) -> int:
         return len(self.scores)

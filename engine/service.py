@@ -138,13 +138,13 @@ class Service:
         self._warm_recommender()
 
     def _warm_recommender(self) -> None:
-        """Rebuild the in-memory global models (popularity) from the journal."""
+        """Load the last checkpoint of the recommendation models, then learn the journal after it."""
         self.catalog_actor.ask(None, block=True, timeout=60)   # catalog loaded
         if self.recommender.load(model_path(self.data_dir)):
             logger.info("loaded the trained recommender from %s", model_path(self.data_dir))
         if self.profiles is not None:
             self.profiles.embed_items(list(self.catalog.ids))
-        for entry in self.store.read_all():
+        for entry in self.store.read_all(after_gseq=self.recommender.gseq):   # after the checkpoint
             self._observe(entry)
 
     def _observe(self, entry) -> None:

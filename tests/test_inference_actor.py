@@ -195,7 +195,7 @@ def test_pending_refreshes_of_one_user_coalesce(started):
     backend = FakeBackend(gate)
     inf = started(backend)
     order: list[str] = []
-    futs = [block(inf, gate, order)]
+    block(inf, gate, order)
     f1 = submit(inf, "u", "background", order, items=items_for("first"), deadline_s=60)
     f2 = submit(inf, "u", "interactive", order, items=items_for("second"), deadline_s=50)
     f3 = submit(inf, "u", "background", order, items=items_for("third"), deadline_s=70)

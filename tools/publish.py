@@ -28,7 +28,8 @@ def batches(events, size: int):
 
 def _received(api: str) -> int:
     with Client(api, timeout=30) as client:
-        return client.call("stats")["received"] + client.call("stats")["rejected"]
+        stats = client.call("stats")
+    return stats["received"] + stats["rejected"]
 
 
 def _wait_received(api: str, target: int, timeout: float = 600.0) -> None:
