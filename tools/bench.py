@@ -1,4 +1,4 @@
-"""`interest bench {ingest,inference,recommend}`: benchmarks that print one JSON object."""
+"""`interest bench {ingest,inference,recommend,model}`: benchmarks that print one JSON object."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ BENCHES = {
     "ingest": "tools.bench_ingest",
     "inference": "tools.bench_inference",
     "recommend": "tools.bench_recommend",
+    "model": "tools.bench_model",
 }
 
 
