@@ -6,8 +6,8 @@ import logging
 
 from actors.messages import Apply
 from actors.runtime import PooledActor
-from engine.catalog import Catalog
-from engine.store import Store
+from engine.projections.catalog import Catalog
+from engine.journal.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -44,8 +44,8 @@ import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
-from engine import prompts
-from engine.backends import Backend, LlamaBackend, Preempted
+from engine.llm import prompts
+from engine.llm.backends import Backend, LlamaBackend, Preempted
 from engine.errors import (
     DeadlineExceeded,
     InterestError,
@@ -53,8 +53,8 @@ from engine.errors import (
     Unavailable,
     ValidationError,
 )
-from engine.model_files import resolve_model_paths
-from engine.result_cache import ResultCache
+from engine.llm.model_files import resolve_model_paths
+from engine.llm.result_cache import ResultCache
 
 __all__ = [
     "PRIORITIES",

@@ -15,10 +15,10 @@ from typing import Any
 from actors.messages import Apply, ProfileDone, Query
 from actors.runtime import PooledActor
 from engine.errors import BadRequest, InterestError, NotFound
-from engine.explain import explain_user
-from engine.state import FoldParams, InterestState
-from engine.store import Store
-from engine.writer import WriteJob, Writer
+from engine.recommend.explain import explain_user
+from engine.projections.state import FoldParams, InterestState
+from engine.journal.store import Store
+from engine.journal.writer import WriteJob, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class UserEnv:
     snapshot_every: int = 50
     max_k: int = 1000
     default_k: int = 10
-    profiles: Any = None               # engine.profiles.ProfileScheduler, when a model is used
+    profiles: Any = None               # actors.profiles.ProfileScheduler, when a model is used
     stats: dict = field(default_factory=lambda: {"applied": 0, "snapshots": 0})
 
 

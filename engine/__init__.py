@@ -1,1 +1,1 @@
-"""Everything that is not an actor: events, codec, store, state, recommenders, config, gateway."""
+"""Everything that is not an actor, by layer: journal (events, codec, store, writer), projections (fold, catalog, log consumers), recommend (models, fusion, explanations), llm (backends, prompts, caches), serving (gateway, service, client)."""

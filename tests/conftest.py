@@ -8,9 +8,9 @@ import time
 import pytest
 import zmq
 
-from engine.client import Client, Publisher
+from engine.serving.client import Client, Publisher
 from engine.config import load_config
-from engine.server import Server
+from engine.serving.server import Server
 
 RANDOM_PORT = "tcp://127.0.0.1:*"
 

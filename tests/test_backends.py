@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from engine import model_files, prompts
-from engine.backends import Backend, Completion, FakeBackend, Preempted, hashed_bag_of_words
+from engine.llm import model_files, prompts
+from engine.llm.backends import Backend, Completion, FakeBackend, Preempted, hashed_bag_of_words
 from engine.errors import ModelUnavailable
 
 ITEMS = (

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from engine.client import Client
+from engine.serving.client import Client
 from engine.recommend import model_path
-from engine.server import Server
+from engine.serving.server import Server
 from tests.conftest import RANDOM_PORT, event, item_event
 
 pytestmark = pytest.mark.integration

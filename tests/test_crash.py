@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.client import Client
+from engine.serving.client import Client
 from engine.errors import DeadlineExceeded
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 import pytest
 
 from actors.user import load_state
-from engine.reasons import PHRASES, reason, reason_sources
-from engine.state import replay
+from engine.recommend.reasons import PHRASES, reason, reason_sources
+from engine.projections.state import replay
 from tests.conftest import event, item_event
 from tools import explain_report
 

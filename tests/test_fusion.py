@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine.catalog import Catalog
-from engine.codec import StoredEvent
+from engine.projections.catalog import Catalog
+from engine.journal.codec import StoredEvent
 from engine.config import load_config
 from engine.recommend import Recommender
 from engine.recommend.fusion import Fusion, reward_of, segment_of
-from engine.state import FoldParams, InterestState
+from engine.projections.state import FoldParams, InterestState
 
 PARAMS = FoldParams.from_config(load_config())
 NAMES = ["sequential", "collaborative", "content", "semantic", "popularity", "demographic"]

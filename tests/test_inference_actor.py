@@ -20,7 +20,7 @@ from actors.inference import (
     _Job,
     deadline_in,
 )
-from engine.backends import FakeBackend, fake_profile_text
+from engine.llm.backends import FakeBackend, fake_profile_text
 from engine.config import load_config
 from engine.errors import DeadlineExceeded, ModelUnavailable, Unavailable, ValidationError
 from pykka._envelope import Envelope

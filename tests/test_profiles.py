@@ -5,12 +5,12 @@ import time
 import pytest
 
 from actors.inference import Inference
-from engine.backends import FakeBackend
-from engine.client import Client
+from engine.llm.backends import FakeBackend
+from engine.serving.client import Client
 from engine.config import load_config
-from engine.server import Server
-from engine.state import replay
-from engine.store import LmdbStore
+from engine.serving.server import Server
+from engine.projections.state import replay
+from engine.journal.store import LmdbStore
 from tests.conftest import RANDOM_PORT, event, item_event, wait_for
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import msgpack
 import pytest
 
 from engine.errors import StoreFull
-from engine.result_cache import ResultCache, cache_key
+from engine.llm.result_cache import ResultCache, cache_key
 
 M, T, V = "m.gguf@abc", "profile", "profile-v1"
 

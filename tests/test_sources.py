@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.catalog import Catalog
-from engine.codec import StoredEvent
+from engine.projections.catalog import Catalog
+from engine.journal.codec import StoredEvent
 from engine.config import load_config
-from engine.popularity import Popularity
+from engine.recommend.popularity import Popularity
 from engine.recommend import Recommender
 from engine.recommend.sources import (Collaborative, Demographic, Obs, PopularitySource, Query,
                                       Sequential, TagMatrix, segments_of)
-from engine.state import FoldParams, InterestState
+from engine.projections.state import FoldParams, InterestState
 
 PARAMS = FoldParams.from_config(load_config())
 TAGS = ["a", "b", "c", "d"]

@@ -3,9 +3,9 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.codec import StoredEvent
+from engine.journal.codec import StoredEvent
 from engine.config import load_config
-from engine.state import FoldParams, InterestState, apply, replay
+from engine.projections.state import FoldParams, InterestState, apply, replay
 
 PARAMS = FoldParams.from_config(load_config())
 TAGS = ["Drama", "Comedy", "Action", "Horror", "Sci-Fi"]

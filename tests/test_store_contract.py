@@ -4,9 +4,9 @@ import threading
 
 import pytest
 
-from engine.codec import CATALOG_STREAM
+from engine.journal.codec import CATALOG_STREAM
 from engine.errors import StoreFull
-from engine.store import APPENDED, DUPLICATE, LmdbStore, MemoryStore, WriteBatch
+from engine.journal.store import APPENDED, DUPLICATE, LmdbStore, MemoryStore, WriteBatch
 from tests.conftest import event, item_event
 
 

@@ -7,12 +7,12 @@ import pytest
 from actors.messages import Apply, Query
 from actors.runtime import Dispatcher
 from actors.user import UserActor, UserEnv
-from engine.catalog import Catalog
+from engine.projections.catalog import Catalog
 from engine.config import load_config
 from engine.recommend import Recommender
-from engine.state import FoldParams, replay
-from engine.store import LmdbStore, WriteBatch
-from engine.writer import Writer
+from engine.projections.state import FoldParams, replay
+from engine.journal.store import LmdbStore, WriteBatch
+from engine.journal.writer import Writer
 from tests.conftest import event, item_event
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from actors.inference import Inference, ProfileRequest, ProfileResult, deadline_in
-from engine import prompts
+from engine.llm import prompts
 from engine.config import load_config
 
 VOCAB = (
@@ -226,7 +226,7 @@ def measure_raw(ctx: Context) -> dict[str, Any]:
     """The same prompts in a bare llama.cpp loop (no actor, no embedding, no cache)."""
     import llama_cpp
 
-    from engine.model_files import resolve_model_paths
+    from engine.llm.model_files import resolve_model_paths
 
     m, inf_cfg = ctx.config["model"], ctx.config["inference"]
     path, _ = resolve_model_paths(m)
@@ -259,7 +259,7 @@ def measure_calls_per_event(ctx: Context) -> dict[str, Any]:
     generations the model actually ran while the replay was going on.
     """
     from engine import movielens  # noqa: PLC0415
-    from engine.service import Service, parse_batch  # noqa: PLC0415
+    from engine.serving.service import Service, parse_batch  # noqa: PLC0415
     try:
         data = movielens.load(ctx.args.movielens or movielens.DEFAULT_PATH)
     except FileNotFoundError as exc:

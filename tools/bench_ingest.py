@@ -20,10 +20,10 @@ import time
 
 import psutil
 
-from engine.codec import decode_frame, encode_frame
+from engine.journal.codec import decode_frame, encode_frame
 from engine.config import load_config
-from engine.service import parse_batch
-from engine.store import LmdbStore, WriteBatch
+from engine.serving.service import parse_batch
+from engine.journal.store import LmdbStore, WriteBatch
 
 TAGS = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Crime",
         "Documentary", "Animation"]
@@ -96,7 +96,7 @@ class PeakSampler(threading.Thread):
 
 def probe_latencies(server, n_probes: int, stop: threading.Event) -> list[float]:
     """Send one event for a fresh probe user, poll `interests` until it is visible."""
-    from engine.client import Client, Publisher  # noqa: PLC0415
+    from engine.serving.client import Client, Publisher  # noqa: PLC0415
     out = []
     with Client(server.api, timeout=30) as client, Publisher(server.ingest) as pub:
         for n in range(n_probes):
@@ -121,8 +121,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def run(args) -> dict:
-    from engine.client import Client  # noqa: PLC0415
-    from engine.server import Server  # noqa: PLC0415
+    from engine.serving.client import Client  # noqa: PLC0415
+    from engine.serving.server import Server  # noqa: PLC0415
     config = load_config(args.config, inference={"enabled": False},
                          runtime={"max_live_actors": args.max_live, "workers": args.workers})
     floor = raw_floor(args.events, args.users, args.items, args.batch, config["limits"])

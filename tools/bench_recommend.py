@@ -1,6 +1,6 @@
 """``interest bench recommend``: recommend latency over the api socket under ingest.
 
-Starts a real service in-process (engine.server.Server on ephemeral ports),
+Starts a real service in-process (engine.serving.server.Server on ephemeral ports),
 loads MovieLens (items, users and the first ``--preload`` share of ratings),
 then for ``--seconds`` sends recommend requests at ``--rate`` per second
 (open loop, from a separate load-generator process: one DEALER, requests
@@ -27,7 +27,7 @@ def load_generator(api: str, users: list[str], rate: float, seconds: float, k: i
     """Runs in its own process: open-loop recommend requests; puts (latencies, errors, sent)."""
     import zmq  # noqa: PLC0415
 
-    from engine.codec import decode_frame, encode_frame  # noqa: PLC0415
+    from engine.journal.codec import decode_frame, encode_frame  # noqa: PLC0415
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -68,9 +68,9 @@ def load_generator(api: str, users: list[str], rate: float, seconds: float, k: i
 
 def main(argv: list[str] | None = None) -> int:
     from engine import movielens
-    from engine.client import Client, Publisher
+    from engine.serving.client import Client, Publisher
     from engine.config import load_config
-    from engine.server import Server
+    from engine.serving.server import Server
     parser = argparse.ArgumentParser(prog="interest bench recommend")
     parser.add_argument("--data", default=str(movielens.DEFAULT_PATH))
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")

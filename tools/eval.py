@@ -1,6 +1,6 @@
 """``interest eval``: offline quality of the real service on MovieLens (or any event set).
 
-Two protocols, each run through an in-process ``engine.service.Service`` (the
+Two protocols, each run through an in-process ``engine.serving.service.Service`` (the
 same writer, actors and recommender as the server; LMDB with sync off):
 
 * prequential (test-then-learn): events in time order; after a warm-up share,
@@ -132,7 +132,7 @@ class Harness:
     def __init__(self, tmp: str, use_llm_shadow: bool = True, config_path: str | None = None,
                  vectors: dict | None = None):
         from engine.config import load_config
-        from engine.service import Service
+        from engine.serving.service import Service
         self.config = load_config(config_path, store={"sync": False})
         self.limits = self.config["limits"]
         self.service = Service(self.config, Path(tmp) / "data")
@@ -142,7 +142,7 @@ class Harness:
             self.service.recommender.set_item_vector(item, vector)
 
     def ingest(self, wires: list[dict]) -> None:
-        from engine.events import parse_event
+        from engine.journal.events import parse_event
         if not wires:
             return
         done = threading.Event()
@@ -194,7 +194,7 @@ def embed_items(data, config_path: str | None, cache: str, progress: bool,
     from actors.inference import Inference
     from engine.config import load_config
     from engine.errors import ModelUnavailable
-    from engine.profiles import item_text
+    from actors.profiles import item_text
     inference = Inference.start(load_config(config_path), cache)
     if not inference.available:
         raise ModelUnavailable(inference.reason)

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from engine.client import Client, RequestError
+    from engine.serving.client import Client, RequestError
     from engine.errors import InterestError
     fields = {"user": args.user}
     if args.item:
@@ -140,7 +140,7 @@ def _with_reasons(recs: dict, explain: dict) -> list[dict]:
     for row in recs.get("items") or []:
         text = known.get(row["item"])
         if text is None:
-            from engine.reasons import reason
+            from engine.recommend.reasons import reason
             state = state or _state_from(explain)
             text = reason(row, None, state)
         items.append({**row, "reason": text})

@@ -16,7 +16,7 @@ import time
 
 from tqdm import tqdm
 
-from engine.client import Client, Publisher
+from engine.serving.client import Client, Publisher
 from tools.event_files import count_events, read_events
 
 

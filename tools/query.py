@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from engine.client import Client
+from engine.serving.client import Client
 from engine.errors import DeadlineExceeded
 
 

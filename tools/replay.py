@@ -15,11 +15,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engine.codec import CATALOG_STREAM
+from engine.journal.codec import CATALOG_STREAM
 from engine.config import load_config
-from engine.events import PROFILE_TYPE
-from engine.state import FoldParams, InterestState, replay
-from engine.store import LmdbStore, Store
+from engine.journal.events import PROFILE_TYPE
+from engine.projections.state import FoldParams, InterestState, replay
+from engine.journal.store import LmdbStore, Store
 
 
 def check(store: Store, params: FoldParams, progress: bool = True) -> dict:

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("interest.serve")
-    from engine.server import Server  # noqa: PLC0415
+    from engine.serving.server import Server  # noqa: PLC0415
     config = load_config(args.config)
     data_dir = args.data or config["service"]["data_dir"]
     stop = threading.Event()

@@ -28,7 +28,7 @@ import msgpack
 from engine.recommend.fusion import Fusion, reward_of, segment_of
 from engine.recommend.sources import (Collaborative, Content, Demographic, Obs,
                                       PopularitySource, Query, Semantic, Sequential, TagMatrix)
-from engine.state import FoldParams, InterestState
+from engine.projections.state import FoldParams, InterestState
 
 MODEL_FORMAT = 1
 MODEL_FILE = Path("models") / "recommender.msgpack"

@@ -31,7 +31,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from engine.popularity import Popularity
+from engine.recommend.popularity import Popularity
 
 _SECOND = itemgetter(1)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from engine.errors import InterestError, Unavailable
-from engine.events import PROFILE_TYPE, ProfileEvent
+from engine.journal.events import PROFILE_TYPE, ProfileEvent
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from engine.codec import StoredEvent
-from engine.events import PROFILE_TYPE
+from engine.journal.codec import StoredEvent
+from engine.journal.events import PROFILE_TYPE
 
 STATE_VERSION = 1
 

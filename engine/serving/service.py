@@ -3,7 +3,7 @@
 ``Service.handle(op, request, reply)`` answers one api request through
 ``reply(result | InterestError)``, possibly later and from another thread.
 ``Service.ingest_events(events)`` takes fire-and-forget events from the
-ingest socket. The gateway (engine.gateway) puts sockets in front of it;
+ingest socket. The gateway (engine.serving.gateway) puts sockets in front of it;
 tests and the evaluation harness may call it directly.
 """
 
@@ -23,15 +23,15 @@ from actors.catalog import CatalogActor
 from actors.messages import Apply, Query
 from actors.runtime import ActorDirectory, Dispatcher
 from actors.user import ColdUserActor, UserActor, UserEnv
-from engine.catalog import Catalog
-from engine.codec import CATALOG_STREAM
+from engine.projections.catalog import Catalog
+from engine.journal.codec import CATALOG_STREAM
 from engine.errors import BadRequest, InterestError
-from engine.events import CATALOG_TYPES, PROFILE_TYPE, Event, parse_event
-from engine.profiles import ProfileScheduler
+from engine.journal.events import CATALOG_TYPES, PROFILE_TYPE, Event, parse_event
+from actors.profiles import ProfileScheduler
 from engine.recommend import Recommender, model_path
-from engine.state import FoldParams
-from engine.store import APPENDED, Store, open_store
-from engine.writer import WriteJob, Writer
+from engine.projections.state import FoldParams
+from engine.journal.store import APPENDED, Store, open_store
+from engine.journal.writer import WriteJob, Writer
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import time
 
 import zmq
 
-from engine.codec import decode_frame, encode_frame
+from engine.journal.codec import decode_frame, encode_frame
 from engine.errors import BadRequest, DeadlineExceeded, InterestError
-from engine.service import Service, parse_batch
+from engine.serving.service import Service, parse_batch
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import uuid
 
 import zmq
 
-from engine.codec import decode_frame, encode_frame
+from engine.journal.codec import decode_frame, encode_frame
 from engine.errors import DeadlineExceeded, InterestError
 
 _ERRORS = {cls.code: cls for cls in InterestError.__subclasses__()}

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from engine.errors import BadRequest, InterestError, ModelUnavailable
-from engine.model_files import model_id as file_model_id
-from engine.model_files import resolve_model_paths
+from engine.llm.model_files import model_id as file_model_id
+from engine.llm.model_files import resolve_model_paths
 
 logger = logging.getLogger(__name__)
 

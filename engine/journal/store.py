@@ -24,7 +24,7 @@ from typing import Iterator
 import lmdb
 import msgpack
 
-from engine.codec import CATALOG_STREAM, StoredEvent
+from engine.journal.codec import CATALOG_STREAM, StoredEvent
 from engine.errors import StoreError, StoreFull
 
 APPENDED = "appended"

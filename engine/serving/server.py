@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engine.gateway import Gateway
-from engine.service import Service
+from engine.serving.gateway import Gateway
+from engine.serving.service import Service
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from engine.errors import InterestError, StoreError
-from engine.store import Store, WriteBatch
+from engine.journal.store import Store, WriteBatch
 
 logger = logging.getLogger(__name__)
 
