@@ -19,7 +19,7 @@ class Query:
     """Answer an api op from the actor's state: ``reply(result dict | InterestError)``."""
 
     op: str
-    request: dict
+    request: Any                   # the typed request (engine.serving.requests)
     reply: Callable[[Any], None]
 
 

@@ -1,6 +1,7 @@
 """When and how a user's model profile is refreshed, and where the result goes.
 
-* Debounce: after ``refresh_min_events`` new behaviour events and
+* Debounce: the profile projection (actors.projections) calls ``arm(user)``
+  after ``refresh_min_events`` new behaviour events; after
   ``refresh_quiet_s`` without another one, the user's actor asks the
   inference actor for an ``interactive`` refresh (the inference actor
   coalesces pending refreshes of the same user).
@@ -105,23 +106,17 @@ class ProfileScheduler:
 
     # ---------------------------------------------- on the user's actor
 
-    def on_applied(self, actor) -> None:
-        """After entries were folded: arm the debounce timer when enough is new."""
-        if actor.state.since_profile:
-            actor.last_event_at = time.monotonic()
-        if actor.state.since_profile >= self.min_events and not actor.refresh_armed:
-            actor.refresh_armed = True
-            self._at(actor.last_event_at + self.quiet_s, actor.user, RefreshDue())
+    def arm(self, user: str) -> None:
+        """Profile projection thread: ``user`` has enough new events; check after the quiet time."""
+        self._at(time.monotonic() + self.quiet_s, user, RefreshDue())
 
     def on_message(self, actor, message) -> bool:
         """Handle scheduler messages; False if ``message`` is not one of ours."""
         if isinstance(message, RefreshDue):
-            actor.refresh_armed = False
             if actor.state.since_profile < self.min_events:
                 return True
             quiet_until = actor.last_event_at + self.quiet_s
             if time.monotonic() < quiet_until:
-                actor.refresh_armed = True
                 self._at(quiet_until, actor.user, RefreshDue())
                 return True
             self._submit(actor, "interactive", time.monotonic() + self.background_deadline_s)
@@ -143,7 +138,7 @@ class ProfileScheduler:
         if state.profile is not None and state.since_profile == 0:
             query.reply(self._interests(actor, stale=False))
             return
-        deadline_ms = query.request.get("deadline_ms") or self.online_deadline_ms
+        deadline_ms = query.request.deadline_ms or self.online_deadline_ms
         if not self.inference.available or not state.events:
             query.reply(self._interests(actor, stale=state.profile is not None))
             return
@@ -191,7 +186,7 @@ class ProfileScheduler:
 
     def _interests(self, actor, stale: bool) -> dict:
         from actors.user import interests_reply  # noqa: PLC0415
-        return interests_reply(actor.state, actor.env, stale=stale)
+        return interests_reply(actor.state, actor.env.params, stale=stale)
 
     # ------------------------------------------------------------ catalog
 

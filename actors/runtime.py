@@ -230,9 +230,32 @@ class ActorDirectory:
         if slot is None or not slot[0].is_alive():
             slot = [self._factory(key), 0.0]
             self.activations += 1
+            self._live[key] = slot
+            self._evict_over_cap()
         slot[1] = time.monotonic()
         self._live[key] = slot
         return slot[0]
+
+    def _evict_over_cap(self, tries: int = 8) -> None:
+        """Keep ``max_live`` a hard cap: passivate the least recently used idle actors
+        (those with an empty inbox; a busy one is left for the next try)."""
+        excess = len(self._live) - self._max_live
+        if excess <= 0:
+            return
+        for key in list(itertools.islice(self._live, tries)):
+            ref = self._live[key][0]
+            if ref.actor_inbox.empty():
+                del self._live[key]
+                self._stop(ref)
+                self.passivations += 1
+                excess -= 1
+                if excess <= 0:
+                    return
+
+    def peek(self, key: str):
+        """The live actor object for ``key`` or None; never activates (any thread)."""
+        slot = self._live.get(key)
+        return None if slot is None else slot[0]._actor_weakref()  # noqa: SLF001
 
     def keys_view(self):
         """A live view of the active keys (membership tests only)."""

@@ -84,15 +84,18 @@ def test_failure_in_ask_is_returned_to_the_caller(dispatcher, refs):
 
 
 def test_directory_activates_passivates_and_reactivates(dispatcher):
+    """max_live is a hard cap (enforced at activation), idle actors go at the sweep."""
     log = []
     directory = ActorDirectory(lambda key: Recorder.spawn(dispatcher, log),
                                idle_seconds=60, max_live=2)
     try:
-        for key in ("a", "b", "c"):
-            directory.tell(key, key)
-        directory.ask("c", "sync").get(timeout=5)
-        assert directory.sweep() == 1            # beyond max_live: least recently used
+        for key in ("a", "b"):
+            directory.ask(key, key).get(timeout=5)
+        directory.tell("c", "c")        # beyond max_live: the least recently used goes at once
         assert sorted(directory.keys()) == ["b", "c"]
+        assert directory.passivations == 1
+        directory.ask("c", "sync").get(timeout=5)
+        assert directory.sweep() == 0                                 # nothing idle yet
         assert directory.sweep(now=time.monotonic() + 120) == 2   # idle
         deadline = time.monotonic() + 5
         while len(log) < 3 and time.monotonic() < deadline:

@@ -259,7 +259,8 @@ def measure_calls_per_event(ctx: Context) -> dict[str, Any]:
     generations the model actually ran while the replay was going on.
     """
     from engine import movielens  # noqa: PLC0415
-    from engine.serving.service import Service, parse_batch  # noqa: PLC0415
+    from engine.serving.requests import parse_batch  # noqa: PLC0415
+    from engine.serving.service import Service  # noqa: PLC0415
     try:
         data = movielens.load(ctx.args.movielens or movielens.DEFAULT_PATH)
     except FileNotFoundError as exc:

@@ -22,7 +22,7 @@ import psutil
 
 from engine.journal.codec import decode_frame, encode_frame
 from engine.config import load_config
-from engine.serving.service import parse_batch
+from engine.serving.requests import parse_batch
 from engine.journal.store import LmdbStore, WriteBatch
 
 TAGS = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Crime",

@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("tools.train", "build the collaborative model from a journal or dataset"),
     "eval": ("tools.eval", "evaluate on MovieLens-100K (prequential and leave-one-out)"),
     "explain": ("tools.explain_report", "explain a user's interests, optionally as HTML"),
+    "keys": ("tools.keys", "make CurveZMQ key pairs for authentication"),
 }
 
 

@@ -127,7 +127,9 @@ class Metric:
 # ---------------------------------------------------------------- the service
 
 class Harness:
-    """An in-process service, fed and queried synchronously."""
+    """An in-process service, fed and queried synchronously: each ingest returns once the
+    user-state projection AND the model learner have applied it (test-then-learn needs
+    the models to have learned every earlier event before the next question)."""
 
     def __init__(self, tmp: str, use_llm_shadow: bool = True, config_path: str | None = None,
                  vectors: dict | None = None):
@@ -136,47 +138,51 @@ class Harness:
         self.config = load_config(config_path, store={"sync": False})
         self.limits = self.config["limits"]
         self.service = Service(self.config, Path(tmp) / "data")
-        if use_llm_shadow:
-            self.service.recommender.shadow = {"service_no_llm": {"use_llm": False}}
+        self.shadow = {"service_no_llm": {"use_llm": False}} if use_llm_shadow else {}
         for item, vector in (vectors or {}).items():
             self.service.recommender.set_item_vector(item, vector)
+        self._wait(lambda done: self.service.flush(done, projections=("users", "learner")))
+
+    @staticmethod
+    def _wait(start, timeout: float = 600.0):
+        done = threading.Event()
+        box = {}
+
+        def finish(result):
+            box["r"] = result
+            done.set()
+        start(finish)
+        if not done.wait(timeout):
+            raise TimeoutError("the service did not answer in time")
+        if isinstance(box["r"], Exception):
+            raise box["r"]
+        return box["r"]
 
     def ingest(self, wires: list[dict]) -> None:
         from engine.journal.events import parse_event
         if not wires:
             return
-        done = threading.Event()
-        box = {}
-
-        def on_done(results):
-            box["r"] = results
-            done.set()
-        self.service.ingest_events([parse_event(w, self.limits) for w in wires], on_done)
-        if not done.wait(600):
-            raise TimeoutError("ingest did not complete")
-        if isinstance(box["r"], Exception):
-            raise box["r"]
+        events = [parse_event(w, self.limits) for w in wires]
+        self._wait(lambda done: self.service.ingest_events(events, done))
+        self._wait(lambda done: self.service.flush(done, projections=("learner",)))
 
     def ingest_chunked(self, wires: list[dict], size: int = 5000) -> None:
         for i in range(0, len(wires), size):
             self.ingest(wires[i:i + size])
 
     def recommend(self, user: str, k: int) -> tuple[list[str], dict[str, list[str]]]:
-        done = threading.Event()
-        box = {}
-
-        def reply(result):
-            box["r"] = result
-            done.set()
-        self.service.handle("recommend", {"user": user, "k": k}, reply)
-        if not done.wait(60):
-            raise TimeoutError("recommend did not answer")
-        result = box["r"]
-        if isinstance(result, Exception):
-            raise result
+        result = self._wait(lambda done: self.service.call(
+            {"op": "recommend", "user": user, "k": k}, done), timeout=60)
         ranked = [row["item"] for row in result["items"]]
-        shadow = self.service.recommender.shadow_results.pop(user, {})
-        return ranked, {name: [row["item"] for row in rows] for name, rows in shadow.items()}
+        shadow = {}
+        if self.shadow:
+            state = self.service.reader.state_of(user)
+            models = self.service.learner.models
+            for name, opts in self.shadow.items():
+                rows = models.recommend(state, k=k, use_llm=opts["use_llm"],
+                                        remember=False)["items"]
+                shadow[name] = [row["item"] for row in rows]
+        return ranked, shadow
 
     def stop(self) -> None:
         self.service.stop()

@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--item", help="also explain this item's score and rank")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait per request")
+    from tools.keys import add_key_options  # noqa: PLC0415
+    add_key_options(p)
     return p
 
 
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.item:
         fields["item"] = args.item
     try:
-        with Client(args.api, timeout=args.timeout) as client:
+        with Client(args.api, timeout=args.timeout, server_key=args.server_key,
+                    client_key=args.client_key) as client:
             explain = client.call("explain", **fields)
             if not args.html:
                 print(json.dumps(_plain(explain), indent=2, sort_keys=True))

@@ -11,8 +11,10 @@ import argparse
 import json
 import sys
 
+from engine.serving.auth import AuthConfigError
 from engine.serving.client import Client
 from engine.errors import DeadlineExceeded
+from tools.keys import add_key_options, key_options
 
 
 def _parse_fields(pairs: list[str]) -> dict:
@@ -37,12 +39,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--item", help="item id (always a string)")
     parser.add_argument("--api", default="tcp://127.0.0.1:7101")
     parser.add_argument("--timeout", type=float, default=10.0)
+    add_key_options(parser)
     args = parser.parse_intermixed_args(argv)
     fields = _parse_fields(args.fields)
     for key in ("user", "item"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
-    with Client(args.api, timeout=args.timeout) as client:
+    try:
+        client = Client(args.api, timeout=args.timeout, **key_options(args))
+    except AuthConfigError as exc:
+        print(f"interest query: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             reply = client.raw({"op": args.op, **fields})
         except DeadlineExceeded as exc:

@@ -13,7 +13,6 @@ event (``as_of``).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
@@ -173,7 +172,14 @@ class InterestState:
         return cls.from_dict(msgpack.unpackb(data, raw=False))
 
     def copy(self) -> "InterestState":
-        return copy.deepcopy(self)
+        """An independent copy (containers copied; the profile dict is never mutated)."""
+        return InterestState(
+            user=self.user, version=self.version, events=self.events, counts=dict(self.counts),
+            tags={tag: list(cell) for tag, cell in self.tags.items()},
+            recent=[list(row) for row in self.recent], seen=set(self.seen),
+            queries=[list(q) for q in self.queries], rating_sum=self.rating_sum,
+            rating_n=self.rating_n, last_ts=self.last_ts, profile=self.profile,
+            since_profile=self.since_profile)
 
 
 def apply(state: InterestState, entry: StoredEvent, params: FoldParams) -> InterestState:

@@ -9,8 +9,13 @@ import zmq
 
 from engine.journal.codec import decode_frame, encode_frame
 from engine.errors import DeadlineExceeded, InterestError
+from engine.serving.auth import AuthConfigError, secure_client_socket
 
 _ERRORS = {cls.code: cls for cls in InterestError.__subclasses__()}
+
+
+_CURVE_HINT = (" (CurveZMQ: check the server key, and that this client's public "
+               "certificate is in the service's clients_dir)")
 
 
 class RequestError(InterestError):
@@ -21,15 +26,34 @@ class RequestError(InterestError):
         self.code = code
 
 
+def _connect(sock: zmq.Socket, address: str, server_key, client_key) -> None:
+    """Connect ``sock``, as a CURVE client when both key paths are given."""
+    if (server_key is None) != (client_key is None):
+        sock.close(linger=0)
+        raise AuthConfigError("server_key and client_key go together (CurveZMQ needs both)")
+    if server_key is not None:
+        try:
+            secure_client_socket(sock, server_key, client_key)
+        except AuthConfigError:
+            sock.close(linger=0)
+            raise
+    sock.connect(address)
+
+
 class Client:
-    """A request/reply client over a DEALER socket. Not thread-safe: one per thread."""
+    """A request/reply client over a DEALER socket. Not thread-safe: one per thread.
+
+    With ``server_key`` (the service's public certificate) and ``client_key``
+    (this client's ``NAME.key_secret``) the socket uses CurveZMQ.
+    """
 
     def __init__(self, api: str = "tcp://127.0.0.1:7101", *, timeout: float = 10.0,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, server_key=None, client_key=None):
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(api)
+        _connect(self.sock, api, server_key, client_key)
+        self.secure = server_key is not None
         self.timeout = timeout
         self._rids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
@@ -52,7 +76,8 @@ class Client:
         wait_ms = int((self.timeout if timeout is None else timeout) * 1000)
         while True:
             if not self.sock.poll(wait_ms, zmq.POLLIN):
-                raise DeadlineExceeded(f"no reply from the service within {wait_ms} ms")
+                raise DeadlineExceeded(f"no reply from the service within {wait_ms} ms"
+                                       + (_CURVE_HINT if self.secure else ""))
             reply = decode_frame(self.sock.recv(), 1 << 30)
             if rid is None or reply.get("rid") == rid:
                 return reply
@@ -68,15 +93,15 @@ class Client:
 
 
 class Publisher:
-    """Fire-and-forget events over PUSH."""
+    """Fire-and-forget events over PUSH (CurveZMQ with ``server_key``/``client_key``)."""
 
     def __init__(self, ingest: str = "tcp://127.0.0.1:7100", *, hwm: int = 100000,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, server_key=None, client_key=None):
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, 5000)
-        self.sock.connect(ingest)
+        _connect(self.sock, ingest, server_key, client_key)
 
     def send(self, events: dict | list) -> None:
         self.sock.send(encode_frame(events))

@@ -1,11 +1,24 @@
-"""The ZeroMQ gateway: one thread owns the sockets of PROTOCOL.md.
+"""The api gateway: one thread owns the api ``ROUTER`` of PROTOCOL.md.
 
-* ingest ``PULL`` (and optional ``SUB`` feeds): one event map or an array of
-  them per frame; bad frames and bad events are counted and logged, never fatal.
-* api ``ROUTER``: one msgpack map per request, ``{"rid", "ok", ...}`` back.
-  Replies produced on other threads come back through an inproc ``PULL``
-  (each producing thread has its own inproc ``PUSH``: sockets are never
-  shared between threads), so only this thread touches the ROUTER.
+Each request is one msgpack map; it is parsed once into a typed request
+(engine.serving.requests), admitted or answered ``overloaded``, and handed to
+the service. `interests` and `recommend` are answered on this thread (the
+read path takes no lock the writer, the actors or the learner hold); replies
+produced on other threads (`ingest`, `flush`, `explain`, fresh `interests`)
+come back through an inproc ``PULL`` (each producing thread has its own
+inproc ``PUSH``: sockets are never shared between threads), so only this
+thread touches the ROUTER.
+
+Admission control: at most ``limits.max_inflight_requests`` requests and
+``limits.max_inflight_bytes`` request bytes waiting for an answer; beyond
+them a request is answered ``overloaded`` with ``retry_after_ms``. A request
+with ``deadline_ms`` (``timeout_ms`` for `flush`) is answered
+``deadline_exceeded`` when it runs out. Any exception while handling one
+request is answered ``internal``; if the loop itself cannot go on,
+``on_fatal`` is called (``interest serve`` exits non-zero so a supervisor
+restarts it).
+
+The ingest socket has its own thread (engine.serving.ingest).
 """
 
 from __future__ import annotations
@@ -18,9 +31,11 @@ import time
 
 import zmq
 
+from engine.errors import BadRequest, DeadlineExceeded, InterestError, Overloaded
 from engine.journal.codec import decode_frame, encode_frame
-from engine.errors import BadRequest, DeadlineExceeded, InterestError
-from engine.serving.service import Service, parse_batch
+from engine.serving.logs import RateLimitedLog
+from engine.serving.metrics import op_key
+from engine.serving.requests import Flush, Interests, Recommend, Request, parse_request
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +45,14 @@ _OUTBOX_IDS = itertools.count()
 class Reply:
     """Answers one api request exactly once, from any thread."""
 
-    __slots__ = ("gateway", "envelope", "rid", "op", "t0", "_lock", "sent")
+    __slots__ = ("gateway", "envelope", "rid", "op", "t0", "size", "_lock", "sent")
 
-    def __init__(self, gateway: "Gateway", envelope: list, rid, op: str):
+    def __init__(self, gateway: "Gateway", envelope: list, rid, op: str, size: int = 0):
         self.gateway = gateway
         self.envelope = envelope
         self.rid = rid
         self.op = op
+        self.size = size
         self.t0 = time.perf_counter()
         self._lock = threading.Lock()
         self.sent = False
@@ -46,46 +62,53 @@ class Reply:
             if self.sent:
                 return
             self.sent = True
+        metrics = self.gateway.service.metrics
         if isinstance(result, InterestError):
             body = {"rid": self.rid, "ok": False, "error": result.to_wire()}
-            self.gateway.service.counters[f"error.{result.code}"] += 1
+            metrics.add(f"error.{result.code}")
         else:
             body = {"rid": self.rid, "ok": True, **result}
         try:
             payload = encode_frame(body)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             payload = encode_frame({"rid": self.rid, "ok": False,
                                     "error": {"code": "internal", "message": str(exc)}})
-        self.gateway.service.latencies.add(self.op, (time.perf_counter() - self.t0) * 1000)
+        metrics.latency(self.op, (time.perf_counter() - self.t0) * 1000)
+        self.gateway.finished(self)
         self.gateway.send(self.envelope + [payload])
 
 
 class Gateway:
-    def __init__(self, service: Service, ingest: str, api: str, feeds=(), *,
-                 context: zmq.Context | None = None):
+    def __init__(self, service, api: str, *, context: zmq.Context, secure=None, authorize=None,
+                 on_fatal=None):
         self.service = service
         self.limits = service.limits
-        self.job_events = service.config["writer"]["job_events"]
-        self.ctx = context or zmq.Context.instance()
-        self.ingest_addr, self.api_addr, self.feeds = ingest, api, list(feeds)
+        self.ctx = context
+        self.api_addr = api
+        self.secure = secure              # callable(socket) making it a CURVE server, or None
+        self.authorize = authorize        # callable(frame, request) raising Forbidden, or None
+        self.on_fatal = on_fatal
         self.outbox_addr = f"inproc://replies-{id(self)}-{next(_OUTBOX_IDS)}"
+        self.warn = RateLimitedLog(logger)
         self._local = threading.local()
         self._push_sockets: list[zmq.Socket] = []
         self._push_lock = threading.Lock()
         self._deadlines: list = []
+        self._inflight = 0
+        self._inflight_bytes = 0
+        self._count_lock = threading.Lock()
         self._stop = threading.Event()
-        self._paused = False
         self._ready = threading.Event()
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
-        self.bound: dict[str, str] = {}
+        self.bound = ""
 
     # ---------------------------------------------------------- lifecycle
 
     def start(self, timeout: float = 10.0) -> "Gateway":
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
-            raise RuntimeError(f"gateway failed to start: {self._error}")
+            raise self._error or RuntimeError("the api gateway did not start")
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -100,6 +123,8 @@ class Gateway:
 
     def send(self, frames: list) -> None:
         """Queue a reply from any thread; the gateway thread forwards it."""
+        if self._stop.is_set():
+            return                        # the socket is (being) closed: the reply is dropped
         if threading.current_thread() is self._thread:
             self._api.send_multipart(frames)
             return
@@ -111,67 +136,60 @@ class Gateway:
             self._local.push = sock
             with self._push_lock:
                 self._push_sockets.append(sock)
-        sock.send_multipart(frames)
+        try:
+            sock.send_multipart(frames)
+        except zmq.ZMQError:
+            pass                          # shutting down: the context is going away
+
+    def finished(self, reply: Reply) -> None:
+        with self._count_lock:
+            self._inflight -= 1
+            self._inflight_bytes -= reply.size
 
     # --------------------------------------------------------------- loop
 
-    def _bind(self):
-        self._ingest = self.ctx.socket(zmq.PULL)
+    def _bind(self) -> None:
         self._api = self.ctx.socket(zmq.ROUTER)
         self._outbox = self.ctx.socket(zmq.PULL)
-        for sock in (self._ingest, self._api, self._outbox):
+        for sock in (self._api, self._outbox):
             sock.setsockopt(zmq.LINGER, 0)
-        self._ingest.setsockopt(zmq.MAXMSGSIZE, self.limits["max_message_bytes"] * 4)
         self._api.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self._ingest.bind(self.ingest_addr)
+        # up to 4x the limit is read and answered `bad_request`; beyond, ZeroMQ drops the peer
+        self._api.setsockopt(zmq.MAXMSGSIZE, 4 * self.limits["max_message_bytes"])
+        if self.secure is not None:
+            self.secure(self._api)
         self._api.bind(self.api_addr)
         self._outbox.bind(self.outbox_addr)
-        self.bound = {"ingest": self._ingest.getsockopt_string(zmq.LAST_ENDPOINT),
-                      "api": self._api.getsockopt_string(zmq.LAST_ENDPOINT)}
-        self._subs = []
-        for feed in self.feeds:
-            sub = self.ctx.socket(zmq.SUB)
-            sub.setsockopt(zmq.LINGER, 0)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            sub.connect(feed)
-            self._subs.append(sub)
+        self.bound = self._api.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def _run(self) -> None:
         try:
             self._bind()
-        except zmq.ZMQError as exc:
+        except Exception as exc:  # noqa: BLE001 - reported by start()
             self._error = exc
             self._ready.set()
             return
         self._ready.set()
-        poller, paused = zmq.Poller(), zmq.Poller()
-        for sock in (self._outbox, self._api, self._ingest, *self._subs):
-            poller.register(sock, zmq.POLLIN)
+        poller = zmq.Poller()
         for sock in (self._outbox, self._api):
-            paused.register(sock, zmq.POLLIN)
+            poller.register(sock, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                # backpressure: while the actors are behind, ingest sockets are not read, so
-                # events wait in ZeroMQ's queues and producers block at their high-water mark
-                self._paused = self.service.busy()
-                if self._paused:
-                    self.service.counters["ingest_paused"] += 1
-                ready = dict((paused if self._paused else poller).poll(self._poll_timeout_ms()))
+                ready = dict(poller.poll(self._poll_timeout_ms()))
                 if self._outbox in ready:
                     self._drain_outbox()
                 if self._api in ready:
                     self._drain_api()
-                for sock in (self._ingest, *self._subs):
-                    if sock in ready:
-                        self._drain_ingest(sock)
                 self._expire()
+        except Exception as exc:  # noqa: BLE001 - the loop cannot go on: let a supervisor restart
+            logger.exception("the api gateway failed")
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
         finally:
-            for sock in (self._ingest, self._api, self._outbox, *self._subs):
+            for sock in (self._api, self._outbox):
                 sock.close(linger=0)
 
     def _poll_timeout_ms(self) -> int:
-        if self._paused:
-            return 1
         if not self._deadlines:
             return 50
         return max(0, min(50, int((self._deadlines[0][0] - time.monotonic()) * 1000) + 1))
@@ -184,83 +202,73 @@ class Gateway:
                 return
             self._api.send_multipart(frames)
 
-    def _drain_ingest(self, sock, budget: int = 512) -> None:
-        events = []
-        for _ in range(budget):
-            try:
-                frame = sock.recv(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                break
-            events.extend(self._ingest_frame(frame))
-            if len(events) >= self.job_events:
-                break
-        if events:
-            self.service.ingest_events(events)
-
-    def _ingest_frame(self, frame: bytes) -> list:
-        counters = self.service.counters
-        counters["ingest_messages"] += 1
-        try:
-            obj = decode_frame(frame, self.limits["max_message_bytes"])
-        except BadRequest as exc:
-            counters["rejected"] += 1
-            counters["rejected_messages"] += 1
-            logger.warning("ingest: rejected a message: %s", exc)
-            return []
-        batch = obj if isinstance(obj, list) else [obj]
-        if len(batch) > self.limits["max_batch_events"]:
-            counters["rejected"] += len(batch)
-            logger.warning("ingest: rejected a batch of %d events (limit %d)", len(batch),
-                           self.limits["max_batch_events"])
-            return []
-        events, rejected = parse_batch(batch, self.limits)
-        if rejected:
-            counters["rejected"] += len(rejected)
-            logger.warning("ingest: rejected %d event(s), first: %s", len(rejected),
-                           rejected[0]["message"])
-        return events
-
     def _drain_api(self, budget: int = 256) -> None:
         for _ in range(budget):
             try:
-                frames = self._api.recv_multipart(zmq.NOBLOCK)
+                frames = self._api.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             self._request(frames)
 
     def _request(self, frames: list) -> None:
-        envelope, frame = frames[:-1], frames[-1]
+        envelope, frame = [f.bytes for f in frames[:-1]], frames[-1]
         try:
-            request = decode_frame(frame, self.limits["max_message_bytes"])
-            if not isinstance(request, dict):
-                raise BadRequest(f"a request must be a map, got {type(request).__name__}")
+            obj = decode_frame(frame.bytes, self.limits["max_message_bytes"])
         except BadRequest as exc:
-            self.service.counters["rejected_requests"] += 1
-            Reply(self, envelope, None, "invalid")(exc)
+            self._reject(envelope, None, "invalid", exc)
             return
-        op = request.get("op")
-        reply = Reply(self, envelope, request.get("rid"), str(op))
         try:
+            request = parse_request(obj, self.limits, self.service.config["recommend"]["default_k"])
+        except BadRequest as exc:
+            is_map = isinstance(obj, dict)
+            self._reject(envelope, obj.get("rid") if is_map else None,
+                         op_key(obj.get("op")) if is_map else "invalid", exc)
+            return
+        reply = self._admit(envelope, request.rid, request.op, len(frame))
+        try:
+            if self.authorize is not None:
+                self.authorize(frame, request)
+            self._check_capacity(reply)
             self._watch_deadline(request, reply)
-        except BadRequest as exc:
+            self.service.handle(request, reply)
+        except InterestError as exc:
             reply(exc)
-            return
-        self.service.handle(op, request, reply)
+        except Exception as exc:  # noqa: BLE001 - one request never stops the gateway
+            logger.exception("unexpected failure answering %s", request.op)
+            reply(InterestError(f"{type(exc).__name__}: {exc}"))
 
-    def _watch_deadline(self, request: dict, reply: Reply) -> None:
-        key = "timeout_ms" if request.get("op") == "flush" else "deadline_ms"
-        ms = request.get(key)
+    def _reject(self, envelope, rid, op: str, error: BadRequest) -> None:
+        self.service.metrics.add("rejected_requests")
+        self._admit(envelope, rid, op, 0)(error)
+
+    def _admit(self, envelope, rid, op: str, size: int) -> Reply:
+        with self._count_lock:
+            self._inflight += 1
+            self._inflight_bytes += size
+        return Reply(self, envelope, rid, op, size)
+
+    def _check_capacity(self, reply: Reply) -> None:
+        if self._inflight > self.limits["max_inflight_requests"] \
+                or self._inflight_bytes > self.limits["max_inflight_bytes"]:
+            raise Overloaded(f"{self._inflight} requests ({self._inflight_bytes} bytes) are "
+                             "waiting for an answer; retry later",
+                             retry_after_ms=self.service.retry_after_ms())
+
+    def _watch_deadline(self, request: Request, reply: Reply) -> None:
+        if isinstance(request, (Recommend, Interests)):
+            return      # answered on this thread now, or (fresh) by its own deadline, llm.stale set
+        ms = request.timeout_ms if isinstance(request, Flush) else getattr(request, "deadline_ms", None)
         if ms is None:
             return
-        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms <= 0:
-            raise BadRequest(f"field '{key}' must be a positive number")
-        if request.get("op") == "interests":
-            return      # answers by its deadline itself: from state, with llm.stale set
         heapq.heappush(self._deadlines, (time.monotonic() + ms / 1000, id(reply), reply))
 
     def _expire(self) -> None:
+        if len(self._deadlines) > 4 * max(256, self._inflight):     # drop answered ones
+            self._deadlines = [d for d in self._deadlines if not d[2].sent]
+            heapq.heapify(self._deadlines)
         now = time.monotonic()
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, reply = heapq.heappop(self._deadlines)
             if not reply.sent:
                 reply(DeadlineExceeded(f"no answer within the request's deadline ({reply.op})"))
+

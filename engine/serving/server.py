@@ -1,45 +1,79 @@
-"""Start and stop a whole service (store, actors, gateway) from a config."""
+"""Start and stop a whole service (store, projections, actors, sockets) from a config."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import zmq
+
+from engine.serving.auth import ServerAuth, warn_if_exposed
 from engine.serving.gateway import Gateway
+from engine.serving.ingest import IngestLoop
 from engine.serving.service import Service
 
 logger = logging.getLogger(__name__)
 
 
 class Server:
-    """A running service with its sockets bound. ``with Server(config) as s:``."""
+    """A running service with its sockets bound. ``with Server(config) as s:``.
+
+    ``on_fatal(exc)`` is called from a socket thread whose loop cannot go on
+    (``interest serve`` exits non-zero so a supervisor restarts it).
+    """
 
     def __init__(self, config: dict, data_dir: str | Path | None = None, *,
-                 ingest: str | None = None, api: str | None = None, inference=None):
+                 ingest: str | None = None, api: str | None = None, inference=None,
+                 on_fatal=None):
         svc = config["service"]
-        self.service = Service(config, data_dir, inference=inference)
-        self.gateway = Gateway(self.service, ingest or svc["ingest"], api or svc["api"],
-                               svc.get("feeds", ()))
-        self.gateway.start()
         self._stopped = False
-        logger.info("serving: ingest %s, api %s, data %s", self.gateway.bound["ingest"],
-                    self.gateway.bound["api"], self.service.data_dir)
+        self.context = zmq.Context()      # one per server: ZAP allows one authenticator per context
+        self.ingest_loop = self.gateway = self.auth = None
+        self.service = Service(config, data_dir, inference=inference)
+        try:
+            self.auth = ServerAuth.from_config(config.get("security"), self.context)
+            auth = self.auth
+            self.ingest_loop = IngestLoop(self.service, ingest or svc["ingest"],
+                                          svc.get("feeds", ()), context=self.context,
+                                          secure=auth.secure if auth else None,
+                                          may_ingest=auth.may_ingest if auth else None,
+                                          on_fatal=on_fatal).start()
+            self.gateway = Gateway(self.service, api or svc["api"], context=self.context,
+                                   secure=auth.secure if auth else None,
+                                   authorize=auth.authorize if auth else None,
+                                   on_fatal=on_fatal).start()
+        except BaseException:
+            self.stop()
+            raise
+        for address in (self.ingest, self.api):
+            warn_if_exposed(address, self.auth is not None, logger)
+        logger.info("serving: ingest %s, api %s, data %s", self.ingest, self.api,
+                    self.service.data_dir)
 
     @property
     def ingest(self) -> str:
-        return self.gateway.bound["ingest"]
+        return self.ingest_loop.bound
 
     @property
     def api(self) -> str:
-        return self.gateway.bound["api"]
+        return self.gateway.bound
 
-    def stop(self) -> None:
-        """Stop sockets, then the service (idempotent)."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop reading events, stop the service (it answers what is pending, within
+        ``timeout``), then close the api socket (idempotent)."""
         if self._stopped:
             return
         self._stopped = True
-        self.gateway.stop()
-        self.service.stop()
+        if self.ingest_loop is not None:
+            self.ingest_loop.stop()
+        try:
+            self.service.stop(timeout)
+        finally:
+            if self.gateway is not None:
+                self.gateway.stop()
+            if self.auth is not None:
+                self.auth.stop()
+            self.context.destroy(linger=0)
 
     def __enter__(self):
         return self

@@ -1,93 +1,55 @@
-"""The service without its sockets: store, writer, actors, and the api ops.
+"""The service without its sockets: the log, its projections, the read path, the ops.
 
-``Service.handle(op, request, reply)`` answers one api request through
-``reply(result | InterestError)``, possibly later and from another thread.
-``Service.ingest_events(events)`` takes fire-and-forget events from the
-ingest socket. The gateway (engine.serving.gateway) puts sockets in front of it;
-tests and the evaluation harness may call it directly.
+Shape (ARCHITECTURE.md, "The log is the spine"):
+
+    ingest_events ─▶ Writer (commit only) ─▶ CommittedLog ─┬▶ users     (actors; required)
+                                                           ├▶ catalog
+                                                           ├▶ learner   (publishes Models)
+                                                           └▶ profiles  (when a model is used)
+    handle(request) ─▶ Reader (user state copy + Models) ─▶ reply
+
+``handle(request, reply)`` answers one typed request (engine.serving.requests)
+through ``reply(result | InterestError)``, possibly later and from another
+thread; ``call(obj, reply)`` parses a request map first. ``ingest_events``
+takes validated events. An `ingest` reply and `flush` wait until the events
+are durable and the user-state projection has applied them.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
-import zlib
-from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 
-from actors.catalog import CatalogActor
-from actors.messages import Apply, Query
-from actors.runtime import ActorDirectory, Dispatcher
-from actors.user import ColdUserActor, UserActor, UserEnv
-from engine.projections.catalog import Catalog
-from engine.journal.codec import CATALOG_STREAM
-from engine.errors import BadRequest, InterestError
-from engine.journal.events import CATALOG_TYPES, PROFILE_TYPE, Event, parse_event
+from actors.messages import Query
 from actors.profiles import ProfileScheduler
-from engine.recommend import Recommender, model_path
-from engine.projections.state import FoldParams
+from actors.projections import CatalogProjection, ProfileProjection, UserStateProjection
+from actors.runtime import ActorDirectory, Dispatcher
+from actors.user import UserActor, UserEnv
+from engine.errors import BadRequest, InterestError, Overloaded, Unavailable
+from engine.journal.codec import CATALOG_STREAM
+from engine.journal.events import CATALOG_TYPES, Event
 from engine.journal.store import APPENDED, Store, open_store
 from engine.journal.writer import WriteJob, Writer
+from engine.projections.catalog import Catalog
+from engine.projections.learner import LearnerProjection
+from engine.projections.log import CommittedLog
+from engine.projections.runner import DeadLetters, ProjectionRunner
+from engine.projections.state import FoldParams
+from engine.recommend import Recommender, model_path
+from engine.serving.metrics import Metrics, op_key
+from engine.serving.reader import Reader
+from engine.serving.requests import (Explain, Flush, Ingest, Interests, Ping, Recommend, Request,
+                                     Stats, parse_batch, parse_request)
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-USER_OPS = ("interests", "recommend", "explain")
-
-
-class Completion:
-    """Counts down deliveries; runs its callbacks (once) when all are done."""
-
-    def __init__(self, count: int, on_done: Callable[[], None] | None = None):
-        self._lock = threading.Lock()
-        self._remaining = count
-        self._callbacks = [on_done] if on_done else []
-        if count == 0:
-            self._fire()
-
-    def done(self) -> None:
-        with self._lock:
-            self._remaining -= 1
-            fire = self._remaining == 0
-        if fire:
-            self._fire()
-
-    def add_callback(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            if self._remaining > 0:
-                self._callbacks.append(callback)
-                return
-        callback()
-
-    def _fire(self) -> None:
-        with self._lock:
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
-
-
-class Latencies:
-    """Bounded reservoir of recent latencies per op, for percentiles in ``stats``."""
-
-    def __init__(self, size: int = 2048):
-        self._samples: dict[str, deque] = {}
-        self._size = size
-
-    def add(self, op: str, ms: float) -> None:
-        self._samples.setdefault(op, deque(maxlen=self._size)).append(ms)
-
-    def summary(self) -> dict:
-        out = {}
-        for op, samples in list(self._samples.items()):
-            data = sorted(samples)
-            if data:
-                out[op] = {"n": len(data), "p50_ms": data[len(data) // 2],
-                           "p99_ms": data[min(len(data) - 1, int(len(data) * 0.99))]}
-        return out
 
 
 class Service:
@@ -96,148 +58,173 @@ class Service:
         self.config = config
         self.limits = config["limits"]
         self.started_at = time.time()
-        data_dir = Path(data_dir or config["service"]["data_dir"])
-        self.data_dir = data_dir
-        self.store = store if store is not None else open_store(config, data_dir)
+        self.data_dir = Path(data_dir or config["service"]["data_dir"])
+        sys.setswitchinterval(config["runtime"]["switch_interval_ms"] / 1000)
+        self.store = store if store is not None else open_store(config, self.data_dir)
+        self.metrics = Metrics()
         self.params = FoldParams.from_config(config)
+        self.log = CommittedLog(self.store, config["projections"]["tail_entries"])
+        self.writer = Writer(self.store, config["writer"]["max_batch"], on_commit=self.log.append)
+        self.dead = DeadLetters(lambda letter: self.writer.submit(WriteJob(dead_letters=[letter])))
+        self.inference = inference
+        self._build_models()
+        self._build_actors()
+        self._build_projections()
+        self.reader = Reader(self.store, self.users, self.params, self.catalog,
+                             lambda: self.learner.models)
+        self._stopping = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+        self._sweeper.start()
+
+    # ------------------------------------------------------------ wiring
+
+    def _build_models(self) -> None:
+        rec = self.config["recommend"]
         self.catalog = Catalog()
-        rec = config["recommend"]
         self.recommender = Recommender(self.catalog, self.params, rec["popularity_half_life_s"],
                                        feedback_every=rec["feedback_every"],
                                        max_histories=rec["max_histories"])
-        self.writer = Writer(self.store, config["writer"]["max_batch"])
-        rt = config["runtime"]
+        path = model_path(self.data_dir)
+        try:
+            if self.recommender.load(path):
+                logger.info("loaded the recommender checkpoint %s (position %d)", path,
+                            self.recommender.gseq)
+        except (ValueError, InterestError) as exc:
+            logger.warning("the recommender checkpoint %s is unusable (%s); rebuilding the "
+                           "models from the journal", path, exc)
+
+    def _build_actors(self) -> None:
+        rt = self.config["runtime"]
         self.dispatcher = Dispatcher(rt["workers"], rt["throughput"], name="users")
         self.env = UserEnv(store=self.store, writer=self.writer, params=self.params,
-                           recommender=self.recommender, snapshot_every=rt["snapshot_every"],
-                           max_k=self.limits["max_k"],
-                           default_k=config["recommend"]["default_k"])
-        self.inference = inference
+                           metrics=self.metrics, dead=self.dead,
+                           snapshot_every=rt["snapshot_every"])
         self.users = ActorDirectory(lambda user: UserActor.spawn(self.dispatcher, user, self.env),
                                     idle_seconds=rt["idle_seconds"],
                                     max_live=rt["max_live_actors"])
         self.profiles = None
-        if inference is not None and inference.available:
+        if self.inference is not None and self.inference.available:
             self.profiles = ProfileScheduler(
-                inference, self.catalog, config, tell_user=self.users.tell,
+                self.inference, self.catalog, self.config, tell_user=self.users.tell,
                 append_events=self.ingest_events, recommender=self.recommender)
             self.env.profiles = self.profiles
-        self._cold = [ColdUserActor.spawn(self.dispatcher, self.env)
-                      for _ in range(rt["workers"])]
-        self.catalog_actor = CatalogActor.spawn(
-            self.dispatcher, self.catalog, self.store,
-            on_items=self.profiles.embed_items if self.profiles else None, stats=self.env.stats)
-        self.counters: Counter = Counter()
-        self.latencies = Latencies()
-        self._inflight: set[Completion] = set()
-        self.max_inflight = config["writer"]["max_inflight_batches"]
-        self._inflight_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
-        self._sweeper.start()
-        self._warm_recommender()
 
-    def _warm_recommender(self) -> None:
-        """Load the last checkpoint of the recommendation models, then learn the journal after it."""
-        self.catalog_actor.ask(None, block=True, timeout=60)   # catalog loaded
-        if self.recommender.load(model_path(self.data_dir)):
-            logger.info("loaded the trained recommender from %s", model_path(self.data_dir))
+    def _build_projections(self) -> None:
+        cfg = self.config["projections"]
+        on_items = self.profiles.embed_items if self.profiles is not None else None
+        self.learner = LearnerProjection(self.recommender, self.dead, model_path(self.data_dir),
+                                         publish_s=cfg["publish_ms"] / 1000)
+        projections = [
+            (UserStateProjection(self.store, self.writer, self.users.tell), cfg["checkpoint_s"]),
+            (CatalogProjection(self.store, self.catalog, self.dead, on_items), cfg["checkpoint_s"]),
+            (self.learner, self.config["recommend"]["checkpoint_seconds"]),
+        ]
         if self.profiles is not None:
-            self.profiles.embed_items(list(self.catalog.ids))
-        for entry in self.store.read_all(after_gseq=self.recommender.gseq):   # after the checkpoint
-            self._observe(entry)
-
-    def _observe(self, entry) -> None:
-        if entry.stream != CATALOG_STREAM and entry.event["type"] != PROFILE_TYPE:
-            self.recommender.observe(entry)
+            projections.append((ProfileProjection(self.store, self.writer, self.profiles,
+                                                  self.dead), cfg["checkpoint_s"]))
+        self.runners = {p.name: ProjectionRunner(p, self.log, self.dead, batch=cfg["batch"],
+                                                 max_ahead=cfg["max_ahead"], checkpoint_s=every)
+                        for p, every in projections}
+        if on_items is not None:
+            on_items(list(self.catalog.ids))
+        for runner in self.runners.values():
+            runner.start()
 
     # ------------------------------------------------------------ ingest
 
     def ingest_events(self, events: list[Event], done: Callable | None = None) -> None:
-        """Commit then apply ``events``; ``done(results | InterestError)`` when applied."""
+        """Commit ``events``; ``done(results | InterestError)`` once durable and applied."""
+        self.metrics.add("received", len(events))
         job = WriteJob(events=[(_stream_of(e), e.to_wire()) for e in events])
-        job.done = lambda results: self._committed(results, done)
-        self.counters["received"] += len(events)
+        if done is not None:
+            job.done = lambda results, head: self._committed(results, head, done)
+        else:
+            job.done = self._count_committed
         self.writer.submit(job)
 
-    def _committed(self, results, done: Callable | None) -> None:
-        """Runs on the writer thread, in commit order: hand entries to their actors."""
+    def _count_committed(self, results, _head) -> None:
+        """Writer thread: count what a fire-and-forget commit did."""
         if isinstance(results, InterestError):
-            self.counters["commit_failures"] += 1
-            if done is not None:
-                done(results)
+            self.metrics.add("commit_failures")
             return
-        by_stream: dict[str, list] = {}
-        for result in results:
-            if result.status == APPENDED:
-                by_stream.setdefault(result.stored.stream, []).append(result.stored)
-                self._observe(result.stored)
-            else:
-                self.counters["duplicates"] += 1
-        completion = Completion(len(by_stream))
-        self._track(completion)
-        if done is not None:
-            completion.add_callback(lambda: done(results))
-        for stream, entries in by_stream.items():
-            message = Apply(entries, completion.done)
-            if stream == CATALOG_STREAM:
-                self.catalog_actor.tell(message)
-            else:
-                self.users.tell(stream, message)
+        duplicates = sum(1 for r in results if r.status != APPENDED)
+        if duplicates:
+            self.metrics.add("duplicates", duplicates)
 
-    def _track(self, completion: Completion) -> None:
-        with self._inflight_lock:
-            self._inflight.add(completion)
-
-        def untrack():
-            with self._inflight_lock:
-                self._inflight.discard(completion)
-        completion.add_callback(untrack)
+    def _committed(self, results, head: int, done: Callable) -> None:
+        """Writer thread: answer once the user-state projection has reached ``head``."""
+        self._count_committed(results, head)
+        if isinstance(results, InterestError):
+            done(results)
+            return
+        self.runners["users"].when_at(
+            head, lambda applied: done(results if applied else _stopping_error()))
 
     def busy(self) -> bool:
-        """True while committed-but-unapplied work exceeds the backpressure limit."""
-        return len(self._inflight) + self.writer.depth() > self.max_inflight
+        """True while the backlog (head minus the slowest required projection, plus what
+        waits to be committed) or the learner's lag is past its limit."""
+        cfg = self.config["projections"]
+        head = self.log.head
+        if head - self.runners["users"].position + self.writer.pending_events() > cfg["max_lag_events"]:
+            return True
+        return head - self.runners["learner"].position > cfg["max_learner_lag_events"]
 
-    def flush(self, on_done: Callable[[], None]) -> None:
-        """``on_done()`` once everything submitted before now is durable and applied."""
-        def at_barrier():
-            with self._inflight_lock:
-                pending = list(self._inflight)
-            group = Completion(len(pending), on_done)
-            for completion in pending:
-                completion.add_callback(group.done)
+    def retry_after_ms(self) -> int:
+        return int(self.config["projections"]["retry_after_ms"])
+
+    def flush(self, on_done: Callable[[bool], None], projections=("users",)) -> None:
+        """``on_done(True)`` once everything submitted before now is durable and applied
+        by ``projections`` (``on_done(False)`` if the service stops first)."""
+        def at_barrier(head: int) -> None:
+            _when_all([self.runners[name] for name in projections], head, on_done)
         self.writer.barrier(at_barrier)
 
     # ------------------------------------------------------------ api ops
 
-    def handle(self, op: Any, request: dict, reply: Callable[[Any], None]) -> None:
-        self.counters[f"op.{op}"] += 1
+    def call(self, obj: dict, reply: Callable[[Any], None]) -> None:
+        """Parse a request map, then ``handle`` it (in-process callers)."""
         try:
-            if op == "ping":
+            request = parse_request(obj, self.limits, self.config["recommend"]["default_k"])
+        except BadRequest as exc:
+            reply(exc)
+            return
+        self.handle(request, reply)
+
+    def handle(self, request: Request, reply: Callable[[Any], None]) -> None:
+        self.metrics.add(f"op.{op_key(request.op)}")
+        try:
+            if isinstance(request, Recommend):
+                reply(self.reader.recommend(request))
+            elif isinstance(request, Interests):
+                self._interests(request, reply)
+            elif isinstance(request, Explain):
+                self.reader.explain(request, reply)
+            elif isinstance(request, Ingest):
+                self._ingest(request, reply)
+            elif isinstance(request, Flush):
+                self.flush(lambda ok: reply({"applied": self.metrics.get("applied")} if ok
+                                            else _stopping_error()))
+            elif isinstance(request, Ping):
                 reply({"version": PROTOCOL_VERSION, "uptime_s": time.time() - self.started_at})
-            elif op == "stats":
+            elif isinstance(request, Stats):
                 reply(self.stats())
-            elif op == "ingest":
-                self._op_ingest(request, reply)
-            elif op == "flush":
-                self.flush(lambda: reply({"applied": self.env.stats["applied"]}))
-            elif op in USER_OPS:
-                self._op_user(op, request, reply)
             else:
-                raise BadRequest(f"unknown op {op!r}; expected one of "
-                                 f"{['ping', 'ingest', 'flush', *USER_OPS, 'stats']}")
+                raise BadRequest(f"op {request.op!r} is not handled")
         except InterestError as exc:
             reply(exc)
 
-    def _op_ingest(self, request: dict, reply) -> None:
-        raw = request.get("events")
-        if not isinstance(raw, list):
-            raise BadRequest("field 'events' must be a list of event maps")
-        if len(raw) > self.limits["max_batch_events"]:
-            raise BadRequest(f"field 'events' has {len(raw)} events; the limit is "
-                             f"{self.limits['max_batch_events']}")
-        events, rejected = parse_batch(raw, self.limits)
-        self.counters["rejected"] += len(rejected)
+    def _interests(self, request: Interests, reply) -> None:
+        if request.fresh and self.profiles is not None and self.store.last_seq(request.user):
+            self.users.tell(request.user, Query("interests", request, reply))
+            return
+        reply(self.reader.interests(request))
+
+    def _ingest(self, request: Ingest, reply) -> None:
+        if self.busy():
+            raise Overloaded(f"the service is {self.backlog()} events behind; retry later",
+                             retry_after_ms=self.retry_after_ms())
+        events, rejected = parse_batch(list(request.events), self.limits)
+        self.metrics.add("rejected", len(rejected))
 
         def done(results):
             if isinstance(results, InterestError):
@@ -248,40 +235,36 @@ class Service:
                    "rejected": rejected})
         self.ingest_events(events, done)
 
-    def _op_user(self, op: str, request: dict, reply) -> None:
-        user = request.get("user")
-        if not isinstance(user, str) or not user:
-            raise BadRequest("field 'user' is required and must be a non-empty string")
-        query = Query(op, request, reply)
-        if user in self.users.keys_view() or self.store.last_seq(user) > 0:
-            self.users.tell(user, query)
-            return
-        # unknown user: the cold-start answer, without activating a per-user actor
-        self.counters["unknown_user_queries"] += 1
-        self._cold[zlib.crc32(user.encode("utf-8")) % len(self._cold)].tell(query)
+    def backlog(self) -> int:
+        return self.log.head - self.runners["users"].position + self.writer.pending_events()
 
     # -------------------------------------------------------------- stats
 
     def stats(self) -> dict:
-        proc = psutil.Process()
-        counters = dict(self.counters)
+        counters = self.metrics.counters()
         return {
             "counters": counters,
             "received": counters.get("received", 0),
-            "applied": self.env.stats["applied"],
+            "applied": counters.get("applied", 0),
             "duplicates": counters.get("duplicates", 0),
             "rejected": counters.get("rejected", 0),
+            "head": self.log.head,
+            "projections": {name: {**r.lag(), **r.projection.stats()}
+                            for name, r in self.runners.items()},
+            "dead_letters": {"total": self.store.dead_letter_count(),
+                             "by_projection": dict(self.dead.counts)},
             "live_actors": len(self.users),
             "activations": self.users.activations,
             "passivations": self.users.passivations,
-            "snapshots": self.env.stats["snapshots"],
+            "snapshots": counters.get("snapshots", 0),
             "catalog_items": len(self.catalog),
             "writer": {"commits": self.writer.commits, "events": self.writer.committed_events,
-                       "failed": self.writer.failed_commits, "queue": self.writer.depth()},
-            "latency": self.latencies.summary(),
+                       "failed": self.writer.failed_commits, "queue": self.writer.depth(),
+                       "pending_events": self.writer.pending_events()},
+            "latency": self.metrics.latencies(),
             "recommender": self.recommender.stats(),
             "threads": threading.active_count(),
-            "rss_mb": proc.memory_info().rss / 2**20,
+            "rss_mb": psutil.Process().memory_info().rss / 2**20,
             "inference": self._inference_stats(),
         }
 
@@ -297,64 +280,66 @@ class Service:
 
     def _sweep_loop(self) -> None:
         period = self.config["runtime"]["sweep_seconds"]
-        every = self.config["recommend"]["checkpoint_seconds"]
-        next_checkpoint = time.monotonic() + every
         while not self._stopping.wait(period):
             try:
                 self.users.sweep()
-                if time.monotonic() >= next_checkpoint:
-                    next_checkpoint = time.monotonic() + every
-                    self.checkpoint()
             except Exception:  # noqa: BLE001
-                logger.exception("passivation sweep or checkpoint failed")
-
-    def checkpoint(self) -> None:
-        """Save the recommendation models and fusion weights, so that a restart replays
-        only the journal after them (and the adapted weights survive)."""
-        if self.recommender.gseq > self.recommender.base_gseq:
-            self.recommender.save(model_path(self.data_dir))
+                logger.exception("passivation sweep failed")
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop in dependency order: model work first (its answers go to user actors),
-        then drain and apply what was received, passivate every actor (final
-        snapshots), commit, checkpoint the models, and close the store."""
+        """Stop in dependency order, each step bounded by ``timeout``: model work first
+        (its answers go to user actors), then let the projections apply what was
+        committed, stop them (saving their positions), passivate every actor (final
+        snapshots), commit what is queued, and close the store only once the writer
+        has stopped."""
         self._stopping.set()
         if self.profiles is not None:
             self.profiles.stop()
         if self.inference is not None:
             self.inference.stop(timeout)
-        done = threading.Event()
-        self.flush(done.set)
-        done.wait(timeout)
-        self.users.stop_all(timeout)
-        for ref in (*self._cold, self.catalog_actor):
+        deadline = time.monotonic() + timeout
+        for name in ("users", "catalog", "learner"):
+            self.runners[name].drain(max(0.1, deadline - time.monotonic()))
+        for runner in self.runners.values():
+            runner.stop(max(0.1, deadline - time.monotonic()))
+        self.log.close()
+        self.reader.stop()
+        self.users.stop_all(max(0.1, deadline - time.monotonic()))
+        self._sweeper.join(1.0)
+        if self.learner.recommender.gseq > self.learner.recommender.base_gseq:
             try:
-                ref.stop(block=True, timeout=timeout)
-            except Exception:  # noqa: BLE001 - already stopped
-                pass
-        finished = threading.Event()
-        self.writer.barrier(finished.set)     # final snapshots are committed
-        finished.wait(timeout)
-        self.writer.stop(timeout)
-        self._sweeper.join(timeout)
-        try:
-            self.checkpoint()                 # nothing observes after the writer stopped
-        except OSError as exc:
-            logger.error("could not save the recommender checkpoint: %s", exc)
-        self.dispatcher.shutdown(timeout)
-        self.store.close()
+                self.learner.save_position(self.runners["learner"].position)
+            except (OSError, InterestError) as exc:
+                logger.error("could not save the recommender checkpoint: %s", exc)
+        stopped = self.writer.stop(max(1.0, deadline - time.monotonic()))
+        self.dispatcher.shutdown(1.0)
+        if stopped:
+            self.store.close()
+        else:
+            raise Unavailable("the writer did not stop in time; the store was left open")
 
 
 def _stream_of(event: Event) -> str:
     return CATALOG_STREAM if event.type in CATALOG_TYPES else event.user
 
 
-def parse_batch(raw: list, limits: dict) -> tuple[list[Event], list[dict]]:
-    """Validate a list of event maps: (valid events, rejected [{index, code, message}])."""
-    events, rejected = [], []
-    for index, obj in enumerate(raw):
-        try:
-            events.append(parse_event(obj, limits))
-        except BadRequest as exc:
-            rejected.append({"index": index, "code": exc.code, "message": str(exc)})
-    return events, rejected
+def _stopping_error() -> Unavailable:
+    return Unavailable("the service stopped before the events were applied; they are durable "
+                       "and will be applied at the next start")
+
+
+def _when_all(runners: list, position: int, on_done: Callable[[bool], None]) -> None:
+    """``on_done(all applied)`` once every runner has answered for ``position``."""
+    left = [len(runners)]
+    ok = [True]
+    lock = threading.Lock()
+
+    def one(applied: bool) -> None:
+        with lock:
+            ok[0] = ok[0] and applied
+            left[0] -= 1
+            fire = left[0] == 0
+        if fire:
+            on_done(ok[0])
+    for runner in runners:
+        runner.when_at(position, one)

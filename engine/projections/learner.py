@@ -1,0 +1,82 @@
+"""The model learner: the recommendation models as a projection of the log.
+
+It runs on its own thread, owns the mutable models (``Recommender.learner``)
+and is the only thread that changes them. Readers never touch them: every
+``publish_s`` (and whenever it catches up with the head) the learner
+publishes an immutable snapshot (``Models``) by swapping one reference,
+``models``; scoring reads that snapshot and takes no lock the learner holds.
+
+Its position is the position of the last *published* snapshot, so a waiter
+on it (the evaluation harness, ``flush`` with the learner) sees the models
+that learned everything up to it. Durable position: the model checkpoint
+(``DATA/models/recommender.msgpack``, written every ``checkpoint_s``), which
+records the last position it learned; a restart loads it and replays only
+the log after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from engine.journal.codec import CATALOG_STREAM
+from engine.journal.events import PROFILE_TYPE
+from engine.projections.runner import DeadLetters, Projection
+
+logger = logging.getLogger(__name__)
+
+
+class LearnerProjection(Projection):
+    name = "learner"
+
+    def __init__(self, recommender, dead: DeadLetters, checkpoint_path: Path, *,
+                 publish_s: float = 0.2):
+        self.recommender = recommender
+        self.dead = dead
+        self.checkpoint_path = Path(checkpoint_path)
+        self.publish_s = publish_s
+        self._unpublished: list = []          # done callbacks of batches learned, not published
+        self._published_at = time.monotonic()
+        self.publishes = 0
+        self.publish_ms = 0.0
+        self.models = recommender.learner.publish()
+
+    def start_position(self) -> int:
+        return self.recommender.gseq
+
+    def handle(self, entries, done) -> None:
+        observe = self.recommender.learner.observe
+        for entry in entries:
+            if entry.stream == CATALOG_STREAM or entry.event["type"] == PROFILE_TYPE:
+                continue
+            try:
+                observe(entry)
+            except Exception as exc:  # noqa: BLE001
+                self.dead.record(entry, self.name, exc)
+        self._unpublished.append(done)
+        if time.monotonic() - self._published_at >= self.publish_s:
+            self.publish()
+
+    def idle(self) -> None:
+        """Caught up: publish what was learned (or embedded) since the last snapshot."""
+        if self._unpublished or self.recommender.learner.changed():
+            self.publish()
+
+    def publish(self) -> None:
+        t0 = time.perf_counter()
+        self.models = self.recommender.learner.publish()
+        self.publish_ms = (time.perf_counter() - t0) * 1000
+        self.publishes += 1
+        self._published_at = time.monotonic()
+        waiting, self._unpublished = self._unpublished, []
+        for done in waiting:
+            done()
+
+    def save_position(self, position: int) -> None:
+        """Checkpoint the models (they record the last position they learned)."""
+        if self.recommender.gseq > self.recommender.base_gseq:
+            self.recommender.save(self.checkpoint_path)
+
+    def stats(self) -> dict:
+        return {"publishes": self.publishes, "last_publish_ms": round(self.publish_ms, 2)}
