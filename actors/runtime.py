@@ -231,18 +231,21 @@ class ActorDirectory:
             slot = [self._factory(key), 0.0]
             self.activations += 1
             self._live[key] = slot
-            self._evict_over_cap()
+            self._evict_over_cap(keep=key)
         slot[1] = time.monotonic()
         self._live[key] = slot
         return slot[0]
 
-    def _evict_over_cap(self, tries: int = 8) -> None:
+    def _evict_over_cap(self, keep: str, tries: int = 8) -> None:
         """Keep ``max_live`` a hard cap: passivate the least recently used idle actors
-        (those with an empty inbox; a busy one is left for the next try)."""
+        (those with an empty inbox; a busy one is left for the next try), never ``keep``
+        (the actor a message is about to be told to)."""
         excess = len(self._live) - self._max_live
         if excess <= 0:
             return
         for key in list(itertools.islice(self._live, tries)):
+            if key == keep:
+                continue
             ref = self._live[key][0]
             if ref.actor_inbox.empty():
                 del self._live[key]

@@ -55,8 +55,10 @@ def load_state(store: Store, user: str, params: FoldParams) -> InterestState:
     return _load(store, user, params)[0]
 
 
-def _load(store: Store, user: str, params: FoldParams) -> tuple[InterestState, int]:
-    """(state, seq of the stored snapshot or 0)."""
+def _load(store: Store, user: str, params: FoldParams,
+          next_seq: int | None = None) -> tuple[InterestState, int]:
+    """(state, seq of the stored snapshot or 0). When the caller holds the entries from
+    ``next_seq`` on and the snapshot ends just before them, the journal is not read."""
     state, snap_seq = InterestState(user=user), 0
     snap = store.snapshot(user)
     if snap is not None:
@@ -64,8 +66,9 @@ def _load(store: Store, user: str, params: FoldParams) -> tuple[InterestState, i
             state, snap_seq = InterestState.decode(snap[1]), snap[0]
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("snapshot of %r unusable (%s); replaying its journal", user, exc)
-    for entry in store.read(user, after_seq=state.version):
-        state.update(entry, params)
+    if next_seq is None or state.version + 1 < next_seq:
+        for entry in store.read(user, after_seq=state.version):
+            state.update(entry, params)
     return state, snap_seq
 
 
@@ -88,12 +91,14 @@ class UserActor(PooledActor):
         """Load the state on the first message: snapshot + journal tail.
 
         A first ``Apply`` that starts at seq 1 belongs to a brand-new user:
-        there is nothing to read, which keeps first contact cheap.
+        there is nothing to read, which keeps first contact cheap; one whose
+        entries follow the snapshot right away needs no journal read either.
         """
-        if isinstance(message, Apply) and message.entries and message.entries[0].seq == 1:
+        first = message.entries[0].seq if isinstance(message, Apply) and message.entries else None
+        if first == 1:
             state, snap = InterestState(user=self.user), 0
         else:
-            state, snap = _load(self.env.store, self.user, self.env.params)
+            state, snap = _load(self.env.store, self.user, self.env.params, next_seq=first)
         with self.lock:
             self.state, self.snapshot_version = state, snap
 

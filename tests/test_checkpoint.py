@@ -7,7 +7,7 @@ import pytest
 from engine.serving.client import Client
 from engine.recommend import model_path
 from engine.serving.server import Server
-from tests.conftest import RANDOM_PORT, event, item_event
+from tests.conftest import RANDOM_PORT, event, item_event, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,14 @@ def _stream(n_events: int, seed: int = 3) -> list[dict]:
     return items + events
 
 
+def _learned(client: Client) -> None:
+    """The model learner lags the log by design: wait until it has learned the head."""
+    wait_for(lambda: client.call("stats")["projections"]["learner"]["lag_events"] == 0,
+             reason="the learner to catch up")
+
+
 def _snapshot(client: Client) -> tuple:
+    _learned(client)
     stats = client.call("stats")["recommender"]
     recs = [[row["item"] for row in client.call("recommend", user=f"u{u}")["items"]]
             for u in range(7)]
@@ -45,6 +52,7 @@ def test_restart_resumes_from_the_checkpoint(config, tmp_path, context):
         assert gseq_after == gseq
         assert recs == recs_before                     # the same recommendations
         client.call("ingest", events=[event("late", user="u1", item="m3", ts=5000.0)])
+        _learned(client)
         assert client.call("stats")["recommender"]["gseq"] == gseq + 1
         client.close()
     with Server(config, data, ingest=RANDOM_PORT, api=RANDOM_PORT) as third:

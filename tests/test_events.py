@@ -71,3 +71,103 @@ def test_stored_event_envelope_round_trip_and_version_check():
     bad = msgpack.packb({"s": 99, "stream": "u1"})
     with pytest.raises(StoreError, match="envelope version 99"):
         StoredEvent.decode(bad)
+
+
+NOW = 1_700_000_000.0
+
+
+def test_a_far_future_ts_is_rejected_and_milliseconds_are_named():
+    with pytest.raises(ValidationError, match=r"field 'ts' .* more than 86400 s ahead") as err:
+        parse_event(event("e", ts=NOW * 1000), now=NOW)
+    assert "milliseconds" in str(err.value) and "ts/1000 = 1700000000.000" in str(err.value)
+    with pytest.raises(ValidationError, match=r"field 'ts' \(1e\+300\) is more than") as err:
+        parse_event(event("e", ts=1e300), now=NOW)
+    assert "milliseconds" not in str(err.value)
+    assert parse_event(event("e", ts=NOW + 3600), now=NOW).ts == NOW + 3600   # clock skew is fine
+    with pytest.raises(ValidationError, match="ahead of the service clock"):
+        parse_event(event("e", ts=NOW + 120), {"max_future_skew_s": 60.0}, now=NOW)
+
+
+def test_ts_is_checked_against_the_real_clock_by_default():
+    import time
+    with pytest.raises(ValidationError, match="milliseconds"):
+        parse_event(event("e", ts=time.time() * 1000))
+
+
+@pytest.mark.parametrize("ts", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_ts_is_rejected(ts):
+    with pytest.raises(ValidationError, match="field 'ts' must be finite"):
+        parse_event(event("e", ts=ts))
+
+
+@pytest.mark.parametrize("value, message", [
+    (1e308, r"field 'value' must be within -1e\+06\.\.1e\+06, got 1e\+308"),
+    (-2e6, r"field 'value' must be within"),
+    (float("nan"), "field 'value' must be finite"),
+    (float("inf"), "field 'value' must be finite"),
+])
+def test_rate_values_are_finite_and_bounded(value, message):
+    with pytest.raises(ValidationError, match=message):
+        parse_event(event("e", "rate", value=value))
+    assert parse_event(event("e", "rate", value=4.5)).value == 4.5
+
+
+@pytest.mark.parametrize("wire, message", [
+    (event("e", ctx={b"page": "home"}), r"field 'ctx' has a map key of type bytes \(b'page'\)"),
+    (event("e", ctx={"a": {b"k": 1}}), r"field 'ctx\.a' has a map key of type bytes"),
+    (event("e", ctx={"a": [{"b": {1: 2}}]}), r"field 'ctx\.a\[0\]\.b' has a map key of type int"),
+    (event("e", extra={b"k": 1}), r"field 'extra' has a map key of type bytes"),
+    ({**event("e"), b"raw": 1}, r"an event's keys must be strings, got a key of type bytes"),
+    ({"v": 1, "id": "a", "type": "user_attrs", "ts": 1, "user": "u", "attrs": {b"age": 3}},
+     r"field 'attrs' has a map key of type bytes"),
+    ({"v": 1, "id": "i", "type": "item", "ts": 1, "item": "m", "title": "t",
+      "attrs": {"x": {b"y": 1}}}, r"field 'attrs\.x' has a map key of type bytes"),
+])
+def test_bytes_and_other_non_string_map_keys_are_rejected_with_the_field(wire, message):
+    with pytest.raises(ValidationError, match=message):
+        parse_event(wire)
+
+
+@pytest.mark.parametrize("wire, message", [
+    (event("e", ctx={"score": float("nan")}), r"field 'ctx\.score' must be finite, got nan"),
+    (event("e", ctx={"xs": [1.0, float("inf")]}), r"field 'ctx\.xs\[1\]' must be finite"),
+    (event("e", weight=float("-inf")), r"field 'weight' must be finite"),
+    ({"v": 1, "id": "a", "type": "user_attrs", "ts": 1, "user": "u",
+      "attrs": {"age": float("nan")}}, r"field 'attrs\.age' must be finite"),
+])
+def test_nan_and_infinity_are_rejected_anywhere_in_an_event(wire, message):
+    with pytest.raises(ValidationError, match=message):
+        parse_event(wire)
+
+
+def test_nesting_is_bounded():
+    deep = {}
+    node = deep
+    for _ in range(40):
+        node["n"] = {}
+        node = node["n"]
+    with pytest.raises(ValidationError, match="field 'ctx' is nested deeper than 16 levels"):
+        parse_event(event("e", ctx=deep))
+
+
+def test_an_accepted_event_always_exports_as_json():
+    import json
+    wire = event("e", ctx={"page": "home", "pos": [1, 2.5, {"k": None}]}, campaign={"a": 1})
+    assert json.loads(json.dumps(parse_event(wire).to_wire(), allow_nan=False)) == wire
+
+
+def test_a_message_with_bytes_keys_survives_decoding_and_is_rejected_by_validation():
+    frame = msgpack.packb(event("e", ctx={b"k": "v"}), use_bin_type=True)
+    with pytest.raises(ValidationError, match="map key of type bytes"):
+        parse_event(decode_frame(frame, 10_000))
+
+
+def test_stored_event_that_cannot_be_encoded_is_a_store_error():
+    with pytest.raises(StoreError, match="cannot encode the journal entry of event 'e1'"):
+        StoredEvent("u1", 1, 1, 1.0, event("e1", weird=object())).encode()
+
+
+@pytest.mark.parametrize("data", [msgpack.packb([1, 2]), msgpack.packb({"s": 1}), None])
+def test_corrupt_journal_entries_are_store_errors(data):
+    with pytest.raises(StoreError, match="corrupt journal entry"):
+        StoredEvent.decode(data)

@@ -8,6 +8,7 @@ import random
 import threading
 
 import msgpack
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,9 +18,11 @@ from engine.journal.codec import StoredEvent
 from engine.config import load_config
 from engine.recommend.popularity import Popularity
 from engine.recommend import Recommender
+from engine.recommend.scorers import Extra, Freeze, ItemIndex
 from engine.recommend.sources import (Collaborative, Demographic, Obs, PopularitySource, Query,
-                                      Sequential, TagMatrix, segments_of)
+                                      Sequential, TagMatrix, build_tag_table, segments_of)
 from engine.projections.state import FoldParams, InterestState
+from tests.reference_sources import ref_source, score_dict
 
 PARAMS = FoldParams.from_config(load_config())
 TAGS = ["a", "b", "c", "d"]
@@ -142,18 +145,29 @@ def test_popularity_equals_batch_at_every_step(seed):
 
 # ---------------------------------------------------------------- properties
 
-def source_factories(cat):
-    rec = Recommender(cat, PARAMS, 3600.0)
-    return rec
-
-
 def query_for(rec, user, entries) -> tuple[Query, InterestState]:
     state = InterestState(user=user)
     for e in entries:
         if e.stream == user:
             state.update(e, PARAMS)
-    q, _ = rec._query(state, True)
+    q, _ = rec.snapshot().query(state, True)
     return q, state
+
+
+def frozen_scores(source, items=()):
+    """Score with ``source`` frozen alone (no catalog): {item: score}."""
+    index = ItemIndex()
+    for item in [*(i for group in source.item_sets() for i in group), *items]:
+        index.add(item)
+    ctx = Freeze(index, len(index), build_tag_table([], []), np.zeros(0, dtype=np.intp))
+    scorer = source.freeze(ctx, None)
+
+    def score(q, extra=None):
+        known = np.array([index.pos[i] for i in extra or () if i in index.pos], dtype=np.intp)
+        vec = scorer.vector(q, None if extra is None else Extra(list(extra), known))
+        return {} if vec is None else {index.ids[i]: float(vec[i])
+                                       for i in np.flatnonzero(vec).tolist()}
+    return score
 
 
 @settings(max_examples=25, deadline=None)
@@ -170,19 +184,21 @@ def test_every_source_is_pure_deterministic_and_round_trips(seed, n, user, extra
     q, _ = query_for(rec, f"u{user}", entries)
     q.profile = {"embedding": [0.3, 0.3, 0.9], "tags": ["a"]}
     extra_items = [f"i{x}" for x in extra]
+    models = rec.snapshot()
+    clone = type(rec)(cat, PARAMS, 3600.0)
+    clone.load_dict(msgpack.unpackb(msgpack.packb(rec.to_dict(), use_bin_type=True),
+                                    raw=False, strict_map_key=False))
     for source in rec.sources:
         before = msgpack.packb(source.to_dict(), use_bin_type=True)
-        first = source.score(q, extra_items)
-        second = source.score(q, extra_items)
+        first = score_dict(models, source.name, q, extra_items)
+        second = score_dict(models, source.name, q, extra_items)
         assert first == second
-        assert all(v >= 0 for v in first.values())
+        assert first == ref_source(rec.learner, source.name, q, extra_items)   # the oracle
+        assert all(v > 0 for v in first.values())
         assert msgpack.packb(source.to_dict(), use_bin_type=True) == before   # pure
-        clone = type(rec)(cat, PARAMS, 3600.0)
-        twin = next(s for s in clone.sources if s.name == source.name)
-        twin.load_dict(msgpack.unpackb(before, raw=False, strict_map_key=False))
-        assert twin.score(q, extra_items) == pytest.approx(first)
+        assert score_dict(clone.snapshot(), source.name, q, extra_items) == pytest.approx(first)
         for item in extra_items:      # an extra item's score does not depend on the pool
-            alone = source.score(q, [item])
+            alone = score_dict(models, source.name, q, [item])
             if item in first:
                 assert alone.get(item) == pytest.approx(first[item])
 
@@ -195,9 +211,13 @@ def test_demographic_segments_and_scores():
     for i in range(5):
         demo.observe(Obs("u", "young", 10.0 + i, (), {"age": 20, "gender": "F"}))
         demo.observe(Obs("v", "old", 10.0 + i, (), {"age": 70, "gender": "M"}))
-    young = demo.score(Query(user="w", recent=[], attrs={"age": 21, "gender": "F"}))
+    score = frozen_scores(demo)
+    young = score(Query(user="w", recent=[], attrs={"age": 21, "gender": "F"}))
     assert young == {"young": 1.0}
-    assert demo.score(Query(user="w", recent=[], attrs=None)) == {}
+    assert score(Query(user="w", recent=[], attrs={"age": 71, "gender": "M"})) == {"old": 1.0}
+    assert score(Query(user="w", recent=[], attrs={"gender": "F"}),
+                 ["old", "unknown"]) == {"young": 1.0}
+    assert score(Query(user="w", recent=[], attrs=None)) == {}
 
 
 def test_sequential_learns_what_follows():
@@ -207,22 +227,25 @@ def test_sequential_learns_what_follows():
         for item in ["a", "b", "c"]:
             seq.observe(Obs(f"u{u}", item, 0.0, tuple(hist)))
             hist.append(item)
-    scores = seq.score(Query(user="x", recent=["a"]))
-    assert max(scores, key=scores.get) == "b"
-    scores = seq.score(Query(user="x", recent=["a", "b"]))
+    score = frozen_scores(seq)
+    scores = score(Query(user="x", recent=["a"]))
+    assert scores == {"b": pytest.approx(1 / 1.7), "c": pytest.approx(0.7 / 1.7)}
+    scores = score(Query(user="x", recent=["a", "b"]))
     assert max(scores, key=scores.get) == "c"
+    assert score(Query(user="x", recent=["c"])) == {}      # nothing followed c
+    assert score(Query(user="x", recent=["unknown"])) == {}
 
 
 def test_collaborative_and_popularity_sources_score():
     col = Collaborative()
     col.observe(Obs("u", "a", 0.0, ()))
     col.observe(Obs("u", "b", 1.0, ("a",)))
-    assert col.score(Query(user="v", recent=["a"])) == {"b": pytest.approx(1.0)}
+    assert frozen_scores(col)(Query(user="v", recent=["a"])) == {"b": pytest.approx(1.0)}
     pop = PopularitySource(3600.0)
     pop.observe(Obs("u", "a", 0.0, ()))
     pop.observe(Obs("v", "a", 0.0, ()))
     pop.observe(Obs("v", "b", 0.0, ()))
-    assert pop.score(Query(user="w", recent=[])) == {"a": 1.0, "b": 0.5}
+    assert frozen_scores(pop)(Query(user="w", recent=[])) == {"a": 1.0, "b": 0.5}
 
 
 # ------------------------------------------------------- recommend contract
@@ -279,9 +302,10 @@ def test_new_item_without_interactions_is_reachable_through_content():
     row = next(r for r in rows if r["item"] == "fresh")
     assert row["sources"]["content"] > 0 and row["score"] > 0
     # among content's own candidates it is the best match
-    q, _ = rec._query(user, True)
-    content = rec.content.score(q)
+    q, _ = rec.snapshot().query(user, True)
+    content = score_dict(rec.snapshot(), "content", q)
     assert max(content, key=content.get) == "fresh"
+    assert content == ref_source(rec.learner, "content", q)
     explained = rec.explain(user, "fresh")
     assert explained["rank"] == 1 + rows.index(row)
     assert explained["score"] == pytest.approx(row["score"])
@@ -328,27 +352,38 @@ def test_save_and_load_round_trip_and_skip_known_positions(tmp_path):
 
 def test_concurrent_reads_while_the_writer_learns():
     cat, rec, _, states = fed(seed=2, n=100)
-    more = stream(3000, 11)
+    more = stream(3000, 11, items=60)
     errors = []
+    replies = []
 
     def reader():
         try:
             for _ in range(200):
                 for state in list(states.values())[:3]:
                     out = rec.recommend(state, k=5)
+                    assert len(out["items"]) == 5
+                    scores = [row["score"] for row in out["items"]]
+                    assert scores == sorted(scores, reverse=True)
                     for row in out["items"]:
-                        assert row["score"] == pytest.approx(sum(row["sources"].values()))
+                        assert row["score"] == sum(row["sources"].values())
+                        assert row["item"] not in state.seen
+                    assert rec.explain(state, "i7")["rank"] >= 1
+                    replies.append(1)
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()
-    for e in more:
+    for n, e in enumerate(more):
         rec.observe(e)
+        if n % 100 == 0:
+            rec.set_item_vector(f"i{n % 60}", [1.0, float(n)])
     for t in threads:
         t.join()
     assert not errors
-    assert rec.stats()["observed"] > 0
+    assert len(replies) == 2 * 200 * 3
+    assert rec.stats()["observed"] == sum(1 for e in stream(100, 2, items=60) + more
+                                          if positive(e))
 
 
 def test_model_tags_match_catalog_tags_whatever_their_case():

@@ -153,6 +153,7 @@ def run(args) -> dict:
                 stop_probes.set()
                 prober.join(60)
                 child.join(60)
+                learner_lag = client.call("stats")["projections"]["learner"]["lag_events"]
                 client.call("flush", timeout=120)
                 stats = client.call("stats")
         finally:
@@ -169,6 +170,7 @@ def run(args) -> dict:
         "live_actors_at_end": stats["live_actors"], "activations": stats["activations"],
         "passivations": stats["passivations"], "commits": stats["writer"]["commits"],
         "workers": args.workers, "max_live_actors": args.max_live,
+        "learner_lag_events": learner_lag,
     }
 
 

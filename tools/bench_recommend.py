@@ -5,9 +5,14 @@ loads MovieLens (items, users and the first ``--preload`` share of ratings),
 then for ``--seconds`` sends recommend requests at ``--rate`` per second
 (open loop, from a separate load-generator process: one DEALER, requests
 sent on schedule whether or not earlier ones were answered, matched by
-``rid``) while a thread publishes the remaining ratings through the ingest
-socket. Prints one JSON
-object: p50_ms, p99_ms, requests_per_s, ingest_events_per_s (and details).
+``rid``) while a publisher PROCESS sends the remaining ratings through the
+ingest socket at ``--ingest-rate`` (when they run out it sends them again
+under new ids, so every event stays new). Prints one JSON object: p50_ms,
+p99_ms, requests_per_s, ingest_events_per_s (and details).
+
+``--max-rate`` then repeats the measurement at each rate of ``--ladder``
+(same service, same ingest) and adds ``max_rate_p99_5ms``: the highest rate
+whose p99 stayed at or under 5 ms with no errors.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import multiprocessing as mp
 import random
 import sys
 import tempfile
-import threading
 import time
 
 
@@ -66,9 +70,60 @@ def load_generator(api: str, users: list[str], rate: float, seconds: float, k: i
     results.put((latencies, errors, sent))
 
 
+def publisher(address: str, events: list, rate: float, stop) -> None:
+    """Runs in its own process: publish ``events`` at ``rate`` per second until ``stop``."""
+    from engine.serving.client import Publisher  # noqa: PLC0415
+    batch = max(1, int(rate / 100))
+    sent, lap = 0, 0
+    with Publisher(address) as pub:
+        t0 = time.perf_counter()
+        while not stop.is_set():
+            for i in range(0, len(events), batch):
+                if stop.is_set():
+                    break
+                chunk = events[i:i + batch]
+                if lap:
+                    chunk = [{**e, "id": f"{e['id']}-r{lap}", "ts": e["ts"] + lap * 1e7}
+                             for e in chunk]
+                pub.send(chunk)
+                sent += len(chunk)
+                delay = t0 + sent / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            lap += 1
+
+
+def wait_for_learner(client, timeout: float = 300.0) -> None:
+    """The preload is learned before the clock starts (as the models of a running service are)."""
+    deadline = time.monotonic() + timeout
+    while client.call("stats")["projections"]["learner"]["lag_events"] > 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the model learner did not catch up with the preload")
+        time.sleep(0.1)
+
+
+def measure(api: str, users: list[str], rate: float, seconds: float, k: int) -> dict:
+    """One open-loop run at ``rate``; the latencies and the throughput it got."""
+    mpctx = mp.get_context("spawn")
+    results = mpctx.Queue()
+    loader = mpctx.Process(target=load_generator, args=(api, users, rate, seconds, k, results))
+    t_start = time.perf_counter()
+    loader.start()
+    latencies, errors, sent = results.get(timeout=seconds + 120)
+    loader.join(30)
+    elapsed = time.perf_counter() - t_start
+    latencies.sort()
+    n = len(latencies)
+    return {"rate": rate,
+            "p50_ms": round(latencies[n // 2], 3) if n else None,
+            "p99_ms": round(latencies[min(n - 1, int(n * 0.99))], 3) if n else None,
+            "requests_per_s": round(n / elapsed, 1), "requests": n, "sent": sent,
+            "errors": errors, "seconds": round(elapsed, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     from engine import movielens
-    from engine.serving.client import Client, Publisher
+    from engine.serving.client import Client
     from engine.config import load_config
     from engine.serving.server import Server
     parser = argparse.ArgumentParser(prog="interest bench recommend")
@@ -79,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-rate", type=float, default=2000.0, help="events per second")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--sync", action="store_true", help="fsync commits (default off)")
+    parser.add_argument("--max-rate", action="store_true",
+                        help="also find the highest rate of --ladder with p99 <= 5 ms")
+    parser.add_argument("--ladder", default="250,500,1000,1500,2000,3000",
+                        help="request rates tried by --max-rate")
     args = parser.parse_args(argv)
     try:
         ml = movielens.load(args.data)
@@ -95,52 +154,32 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(0, len(head), 5000):
                 client.call("ingest", events=head[i:i + 5000])
             client.call("flush", timeout=120)
-        stop = threading.Event()
-        published = [0]
-
-        def publish():
-            rest = ml.ratings[cut:]
-            batch = max(1, int(args.ingest_rate / 100))
-            with Publisher(server.ingest) as pub:
-                t0 = time.perf_counter()
-                for i in range(0, len(rest), batch):
-                    if stop.is_set():
-                        break
-                    pub.send(rest[i:i + batch])
-                    published[0] += len(rest[i:i + batch])
-                    delay = t0 + published[0] / args.ingest_rate - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
+            wait_for_learner(client)
         mpctx = mp.get_context("spawn")
-        results = mpctx.Queue()
-        loader = mpctx.Process(target=load_generator, args=(
-            server.api, users, args.rate, args.seconds, args.k, results))
+        stop = mpctx.Event()
+        pub = mpctx.Process(target=publisher, args=(server.ingest, ml.ratings[cut:],
+                                                    args.ingest_rate, stop))
         with Client(server.api) as c:
             applied0 = c.call("stats")["applied"]
-        pub_thread = threading.Thread(target=publish, daemon=True)
-        pub_thread.start()
+        pub.start()
         t_start = time.perf_counter()
-        loader.start()
-        latencies, errors, sent = results.get(timeout=args.seconds + 120)
-        loader.join(30)
-        elapsed = time.perf_counter() - t_start
-        stop.set()
+        out = measure(server.api, users, args.rate, args.seconds, args.k)
         with Client(server.api) as c:
             applied1 = c.call("stats")["applied"]
-            rec_stats = c.call("stats").get("recommender")
-        pub_thread.join(10)
-    latencies.sort()
-    n = len(latencies)
-    out = {
-        "p50_ms": round(latencies[n // 2], 3) if n else None,
-        "p99_ms": round(latencies[min(n - 1, int(n * 0.99))], 3) if n else None,
-        "requests_per_s": round(n / elapsed, 1),
-        "ingest_events_per_s": round((applied1 - applied0) / elapsed, 1),
-        "requests": n, "sent": sent, "errors": errors, "seconds": round(elapsed, 2),
-        "target_rate": args.rate, "published": published[0],
-    }
-    if rec_stats:
-        out["recommender"] = rec_stats
+        out["ingest_events_per_s"] = round((applied1 - applied0) / (time.perf_counter() - t_start), 1)
+        if args.max_rate:
+            ladder = [measure(server.api, users, float(r), args.seconds, args.k)
+                      for r in args.ladder.split(",")]
+            good = [run["rate"] for run in ladder
+                    if run["errors"] == 0 and run["p99_ms"] is not None and run["p99_ms"] <= 5.0]
+            out["max_rate_p99_5ms"] = max(good, default=None)
+            out["ladder"] = ladder
+        stop.set()
+        pub.join(10)
+        with Client(server.api) as c:
+            stats = c.call("stats")
+        out["learner_lag_events"] = stats["projections"]["learner"]["lag_events"]
+        out["target_rate"] = args.rate
     print(json.dumps(out))
     return 0
 

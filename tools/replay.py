@@ -4,6 +4,8 @@
            equals the stored snapshots (and snapshot + tail equals a full replay)
   export   write the journal as an event log (JSON lines or .msgpack), in commit order
   publish  re-publish a log to a running service (duplicates are ignored there)
+  dead-letters  list the entries a projection could not apply (position, stream,
+           projection, error, time), oldest first
 """
 
 from __future__ import annotations
@@ -19,30 +21,79 @@ from engine.journal.codec import CATALOG_STREAM
 from engine.config import load_config
 from engine.journal.events import PROFILE_TYPE
 from engine.projections.state import FoldParams, InterestState, replay
+from engine.errors import StoreError
 from engine.journal.store import LmdbStore, Store
 
 
 def check(store: Store, params: FoldParams, progress: bool = True) -> dict:
-    users = [s for s in store.streams() if s != CATALOG_STREAM]
-    report = {"users": len(users), "snapshots": 0, "entries": 0, "mismatches": []}
+    """Rebuild every user from the journal and compare with the stored snapshots.
+
+    Corruption is reported, never a crash: a snapshot that fails its checksum or
+    does not decode, a journal entry that does not decode, a journal that does
+    not fold, each go to ``report["corrupt"]`` and the check goes on.
+    """
+    report = {"users": 0, "snapshots": 0, "entries": 0, "mismatches": [], "corrupt": []}
+    try:
+        users = [s for s in store.streams() if s != CATALOG_STREAM]
+    except StoreError as exc:
+        report["corrupt"].append({"what": "streams", "error": str(exc)})
+        users = []
+    report["users"] = len(users)
     for user in tqdm(users, unit="user", disable=not progress, file=sys.stderr):
-        entries = list(store.read(user))
-        report["entries"] += len(entries)
-        full = replay(user, entries, params)
-        snap = store.snapshot(user)
-        if snap is None:
-            continue
-        report["snapshots"] += 1
-        seq, data = snap
-        stored = InterestState.decode(data)
-        prefix = replay(user, entries[:seq], params)
-        if stored != prefix:
-            report["mismatches"].append({"user": user, "seq": seq, "what": "snapshot"})
-        resumed = replay(user, entries[seq:], params, state=stored)
-        if resumed != full:
-            report["mismatches"].append({"user": user, "seq": seq, "what": "snapshot+tail"})
-    report["ok"] = not report["mismatches"]
+        _check_user(store, user, params, report)
+    report["ok"] = not report["mismatches"] and not report["corrupt"]
     return report
+
+
+def _check_user(store: Store, user: str, params: FoldParams, report: dict) -> None:
+    try:
+        entries = list(store.read(user))
+        full = replay(user, entries, params)
+    except Exception as exc:  # noqa: BLE001 - a damaged journal is a finding
+        report["corrupt"].append({"user": user, "what": "journal", "error": _describe(exc)})
+        return
+    report["entries"] += len(entries)
+    snap = _stored_state(store, user, report)
+    if snap is None:
+        return
+    seq, stored = snap
+    prefix = replay(user, entries[:seq], params)
+    if stored != prefix:
+        report["mismatches"].append({"user": user, "seq": seq, "what": "snapshot"})
+    try:
+        resumed = replay(user, entries[seq:], params, state=stored)
+    except Exception as exc:  # noqa: BLE001 - a snapshot that cannot be resumed
+        report["corrupt"].append({"user": user, "seq": seq, "what": "snapshot",
+                                  "error": _describe(exc)})
+        return
+    if resumed != full:
+        report["mismatches"].append({"user": user, "seq": seq, "what": "snapshot+tail"})
+
+
+def _stored_state(store: Store, user: str, report: dict) -> tuple[int, InterestState] | None:
+    """(seq, state) of the user's snapshot; a bad one is recorded and gives None."""
+    before = store.corrupt_snapshots
+    try:
+        snap = store.snapshot(user)
+    except StoreError as exc:
+        report["corrupt"].append({"user": user, "what": "snapshot", "error": str(exc)})
+        return None
+    if snap is None:
+        if store.corrupt_snapshots > before:
+            report["corrupt"].append({"user": user, "what": "snapshot",
+                                      "error": "fails its checksum (or has none)"})
+        return None
+    report["snapshots"] += 1
+    try:
+        return snap[0], InterestState.decode(snap[1])
+    except Exception as exc:  # noqa: BLE001 - an undecodable snapshot is a finding
+        report["corrupt"].append({"user": user, "seq": snap[0], "what": "snapshot",
+                                  "error": _describe(exc)})
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
 
 
 def export(store: Store, out: Path, include_derived: bool) -> int:
@@ -52,11 +103,21 @@ def export(store: Store, out: Path, include_derived: bool) -> int:
     return write_events(out, events)
 
 
+def dead_letters(store: Store, limit: int | None) -> int:
+    """One JSON line per entry a projection could not apply, then a count line."""
+    n = 0
+    for letter in store.dead_letters(limit):
+        print(json.dumps(letter))
+        n += 1
+    print(json.dumps({"dead_letters": n, "total": store.dead_letter_count()}))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="interest replay", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
-    for name in ("check", "export"):
+    for name in ("check", "export", "dead-letters"):
         p = sub.add_parser(name)
         p.add_argument("--data", default="data", help="the service's data directory")
         p.add_argument("--config")
@@ -64,28 +125,39 @@ def main(argv: list[str]) -> int:
     sub.choices["export"].add_argument("--out", required=True, help=".jsonl or .msgpack")
     sub.choices["export"].add_argument("--include-derived", action="store_true",
                                        help="also export the model's profile events")
+    sub.choices["dead-letters"].add_argument("--limit", type=int, default=None,
+                                             help="list at most this many (oldest first)")
     pub = sub.add_parser("publish")
     pub.add_argument("file")
     pub.add_argument("--ingest", default="tcp://127.0.0.1:7100")
     pub.add_argument("--api", default="tcp://127.0.0.1:7101")
     pub.add_argument("--rate", type=float, default=0.0)
     pub.add_argument("--batch", type=int, default=100)
+    from tools.keys import add_key_options, key_argv  # noqa: PLC0415
+    add_key_options(pub)
     args = parser.parse_args(argv)
     if args.action == "publish":
         from tools import publish  # noqa: PLC0415
         return publish.main([args.file, "--ingest", args.ingest, "--api", args.api,
-                             "--rate", str(args.rate), "--batch", str(args.batch)])
+                             "--rate", str(args.rate), "--batch", str(args.batch),
+                             *key_argv(args)])
     journal = Path(args.data) / "journal"
     if not journal.exists():
         print(f"interest replay: no journal at {journal}", file=sys.stderr)
         return 1
-    store = LmdbStore(journal)
+    try:
+        store = LmdbStore(journal)
+    except StoreError as exc:
+        print(f"interest replay: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.action == "check":
             report = check(store, FoldParams.from_config(load_config(args.config)),
                            progress=not args.no_progress)
             print(json.dumps(report))
             return 0 if report["ok"] else 1
+        if args.action == "dead-letters":
+            return dead_letters(store, args.limit)
         n = export(store, Path(args.out), args.include_derived)
         print(json.dumps({"exported": n, "out": args.out}))
         return 0

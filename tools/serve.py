@@ -1,23 +1,35 @@
-"""`interest serve`: run the service until SIGINT/SIGTERM."""
+"""`interest serve`: run the service until SIGINT/SIGTERM.
+
+`interest serve --check-config [--config PATH]` only checks the config: it
+prints "config OK" (exit 0) or the one-line error (exit 2). A bad config stops
+`interest serve` the same way, before anything starts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
+import sys
 import threading
 
+import zmq
+
 from engine.config import load_config
-from engine.errors import InterestError
+from engine.errors import ConfigError, InterestError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interest serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="interest serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="TOML file overlaid on configs/default.toml")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the config (defaults + --config) and exit: 0 OK, 2 bad")
     parser.add_argument("--data", help="data directory (LMDB); default [service] data_dir")
     parser.add_argument("--ingest", help="ingest PULL address, e.g. tcp://127.0.0.1:7100")
     parser.add_argument("--api", help="api ROUTER address, e.g. tcp://127.0.0.1:7101")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
 
@@ -30,26 +42,61 @@ def start_inference(config: dict, data_dir):
     return Inference.start(config, str(Path(data_dir) / "cache"))
 
 
+def check_data_dir(data_dir) -> None:
+    """Fail fast (before loading a model) when another process holds the data directory."""
+    from engine.journal.lock import DataDirLock  # noqa: PLC0415
+    DataDirLock(data_dir).acquire().release()
+
+
+def start(config: dict, data_dir, args, on_fatal=None):
+    """(inference, server); whatever started is stopped again if the rest fails."""
+    from engine.serving.server import Server  # noqa: PLC0415
+    check_data_dir(data_dir)
+    inference = start_inference(config, data_dir)
+    try:
+        return inference, Server(config, data_dir, ingest=args.ingest, api=args.api,
+                                 inference=inference, on_fatal=on_fatal)
+    except BaseException:
+        if inference is not None:
+            inference.stop(timeout=5)
+        raise
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"interest serve: bad config: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print("config OK")
+        return 0
+    logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("interest.serve")
-    from engine.serving.server import Server  # noqa: PLC0415
-    config = load_config(args.config)
     data_dir = args.data or config["service"]["data_dir"]
     stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def on_fatal(exc: BaseException) -> None:
+        """A socket loop cannot go on: stop, and exit non-zero so a supervisor restarts us."""
+        failed.append(exc)
+        stop.set()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        inference = start_inference(config, data_dir)
-        server = Server(config, data_dir, ingest=args.ingest, api=args.api, inference=inference)
-    except (InterestError, RuntimeError, OSError) as exc:
+        _inference, server = start(config, data_dir, args, on_fatal)
+    except (InterestError, RuntimeError, OSError, zmq.ZMQError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     print(f"interest: serving ingest={server.ingest} api={server.api} data={data_dir}",
           flush=True)
     stop.wait()
-    log.info("stopping")
-    server.stop()
-    return 0
+    log.info("stopping" if not failed else "stopping after a fatal error: %s", *failed[:1])
+    try:
+        server.stop()
+    except InterestError as exc:
+        log.error("unclean stop: %s", exc)
+        return 1
+    return 70 if failed else 0

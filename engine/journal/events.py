@@ -3,15 +3,32 @@
 ``parse_event(obj, limits)`` turns one decoded msgpack map into an event or
 raises ``ValidationError`` naming the field at fault. ``Event.to_wire()`` gives
 the map back, unknown keys included, so a stored event can be re-published.
+
+Besides each field's type: ``ts`` is finite and at most
+``limits.max_future_skew_s`` ahead of the service clock, ``value`` is finite
+and within ``limits.max_abs_value``, and everything nested in an event (``ctx``,
+``attrs``, unknown keys) has string map keys, finite floats and at most
+``limits.max_nesting`` levels, so that a stored event always exports as JSON.
 """
 
 from __future__ import annotations
 
 import math
+import reprlib
+import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from engine.errors import ValidationError
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
+def _quote(value) -> str:
+    """A short, bounded repr of an untrusted value (never recursion-deep, never huge)."""
+    return _REPR.repr(value)
 
 SCHEMA_VERSION = 1
 
@@ -28,7 +45,14 @@ _KNOWN_KEYS = frozenset(
      "title", "tags", "text", "attrs"}
 )
 
-DEFAULT_LIMITS = {"max_id_chars": 256, "max_text_chars": 4096, "max_tags": 64}
+_PLAUSIBLE_SINCE = 631152000.0      # 1990-01-01: a ts/1000 after this looks like milliseconds
+
+
+@lru_cache(maxsize=1)
+def default_limits() -> dict:
+    """``[limits]`` of configs/default.toml (the one source of defaults)."""
+    from engine.config import load_config  # noqa: PLC0415 - config imports nothing of ours
+    return load_config()["limits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,14 +191,75 @@ def _number(obj: dict, key: str, *, required: bool = True) -> float | None:
     return value
 
 
-def _mapping(obj: dict, key: str, *, required: bool) -> dict | None:
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _path(trail: tuple) -> str:
+    """'ctx.a[0].b' from the linked trail (part, parent) built while walking."""
+    parts = []
+    while trail:
+        part, trail = trail
+        parts.append(part)
+    return _short("".join(reversed(parts)))
+
+
+def _plain(key: str, value: Any, limits: dict) -> None:
+    """Nested content: string map keys, finite floats, bounded depth (names the path).
+
+    Paths are linked (part, parent) pairs, joined only for an error message, so a
+    wide map under a long key costs no more than the map itself.
+    """
+    stack = [(value, 0, (key, ()))]
+    while stack:
+        node, depth, trail = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ValidationError(f"field '{_path(trail)}' must be finite, got {node}")
+        if not isinstance(node, (dict, list, tuple)):
+            continue
+        if depth >= limits["max_nesting"]:
+            raise ValidationError(f"field '{_short(key)}' is nested deeper than "
+                                  f"{limits['max_nesting']} levels")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise ValidationError(
+                        f"field '{_path(trail)}' has a map key of type {type(k).__name__} "
+                        f"({_short(_quote(k), 40)}); map keys must be strings")
+                stack.append((v, depth + 1, (f".{k}", trail)))
+        else:
+            stack.extend((v, depth + 1, (f"[{i}]", trail)) for i, v in enumerate(node))
+
+
+def _timestamp(obj: dict, limits: dict, now: float) -> float:
+    ts = _number(obj, "ts")
+    skew = limits["max_future_skew_s"]
+    if ts - now <= skew:
+        return ts
+    message = (f"field 'ts' ({ts:.6g}) is more than {skew:g} s ahead of the service clock "
+               f"({now:.0f}); ts is in seconds since the Unix epoch")
+    if _PLAUSIBLE_SINCE <= ts / 1000 <= now + skew:
+        message += (f"; the producer may be sending milliseconds: ts/1000 = "
+                    f"{ts / 1000:.3f} would be plausible")
+    raise ValidationError(message)
+
+
+def _value(obj: dict, limits: dict, required: bool) -> float | None:
+    value = _number(obj, "value", required=required)
+    bound = limits["max_abs_value"]
+    if value is not None and abs(value) > bound:
+        raise ValidationError(f"field 'value' must be within -{bound:g}..{bound:g}, "
+                              f"got {value:.6g}")
+    return value
+
+
+def _mapping(obj: dict, key: str, limits: dict, *, required: bool) -> dict | None:
     if not _present(obj, key, required):
         return None
     value = obj[key]
     if not isinstance(value, dict):
         raise ValidationError(f"field '{key}' must be a map, got {type(value).__name__}")
-    if not all(isinstance(k, str) for k in value):
-        raise ValidationError(f"field '{key}' must have string keys")
+    _plain(key, value, limits)
     return value
 
 
@@ -196,23 +281,40 @@ def _tags(obj: dict, limits: dict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _header(obj: Any, limits: dict) -> tuple[str, str, float, dict]:
+def _extra(obj: dict, limits: dict) -> dict:
+    """Unknown keys, kept as they are once checked like any nested content."""
+    extra = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise ValidationError(f"an event's keys must be strings, got a key of type "
+                                  f"{type(key).__name__} ({_short(_quote(key), 40)})")
+        if key not in _KNOWN_KEYS:
+            _plain(key, value, limits)
+            extra[key] = value
+    return extra
+
+
+def _header(obj: Any, limits: dict, now: float) -> tuple[str, str, float, dict]:
     if not isinstance(obj, dict):
         raise ValidationError(f"an event must be a map, got {type(obj).__name__}")
     version = _require(obj, "v")
     if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise ValidationError(f"field 'v' must be {SCHEMA_VERSION}, got {version!r}")
+        raise ValidationError(f"field 'v' must be {SCHEMA_VERSION}, got {_quote(version)}")
     event_id = _identifier(obj, "id", limits["max_id_chars"])
     event_type = _string(obj, "type", 64)
-    ts = _number(obj, "ts")
-    extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
-    return event_id, event_type, ts, extra
+    ts = _timestamp(obj, limits, now)
+    return event_id, event_type, ts, _extra(obj, limits)
 
 
-def parse_event(obj: Any, limits: dict | None = None) -> Event:
-    """Validate one decoded map and build its event, or raise ValidationError."""
-    limits = {**DEFAULT_LIMITS, **(limits or {})}
-    event_id, event_type, ts, extra = _header(obj, limits)
+def parse_event(obj: Any, limits: dict | None = None, now: float | None = None) -> Event:
+    """Validate one decoded map and build its event, or raise ValidationError.
+
+    ``limits`` is the config's ``[limits]`` (missing keys take their defaults);
+    ``now`` is the service clock (default ``time.time()``).
+    """
+    limits = {**default_limits(), **(limits or {})}
+    now = time.time() if now is None else now
+    event_id, event_type, ts, extra = _header(obj, limits, now)
     if event_type in BEHAVIOUR_TYPES:
         return _behaviour(obj, event_id, event_type, ts, extra, limits)
     if event_type == "item":
@@ -223,16 +325,16 @@ def parse_event(obj: Any, limits: dict | None = None) -> Event:
             tags=_tags(obj, limits),
             text=_string(obj, "text", limits["max_text_chars"], required=False,
                          allow_empty=True) or "",
-            attrs=_mapping(obj, "attrs", required=False) or {},
+            attrs=_mapping(obj, "attrs", limits, required=False) or {},
         )
     if event_type == "user_attrs":
         return UserAttrsEvent(
             id=event_id, type=event_type, ts=ts, extra=extra,
             user=_identifier(obj, "user", limits["max_id_chars"]),
-            attrs=_mapping(obj, "attrs", required=True),
+            attrs=_mapping(obj, "attrs", limits, required=True),
         )
     known = sorted(BEHAVIOUR_TYPES | CATALOG_TYPES)
-    raise ValidationError(f"field 'type' must be one of {known}, got {event_type!r}")
+    raise ValidationError(f"field 'type' must be one of {known}, got {_quote(event_type)}")
 
 
 def _behaviour(obj: dict, event_id: str, event_type: str, ts: float, extra: dict,
@@ -240,8 +342,8 @@ def _behaviour(obj: dict, event_id: str, event_type: str, ts: float, extra: dict
     user = _identifier(obj, "user", limits["max_id_chars"])
     item = _identifier(obj, "item", limits["max_id_chars"],
                        required=event_type in ITEM_TYPES)
-    value = _number(obj, "value", required=event_type == "rate")
+    value = _value(obj, limits, required=event_type == "rate")
     query = _string(obj, "query", limits["max_text_chars"], required=event_type == "search")
-    ctx = _mapping(obj, "ctx", required=False)
+    ctx = _mapping(obj, "ctx", limits, required=False)
     return BehaviourEvent(id=event_id, type=event_type, ts=ts, extra=extra, user=user,
                           item=item, value=value, query=query, ctx=ctx)

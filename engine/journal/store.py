@@ -2,33 +2,69 @@
 
 One set of rules, two implementations. ``Store.commit`` takes a ``WriteBatch``
 and applies it atomically: every event is checked against the event-id index
-(a re-sent id is a duplicate, even inside the same batch), given the next
-sequence number of its stream and the next global commit position, enriched
-with its item's tags as they are at that moment, and written; catalog events
-also update the materialised catalog. ``MemoryStore`` keeps it all in dicts;
-``LmdbStore`` keeps it in one LMDB environment and grows the map when it
-fills, retrying the whole batch so no write is lost.
+of its stream (a re-sent id is a duplicate, even inside the same batch), given
+the next sequence number of its stream and the next global commit position,
+enriched with its item's tags as they are at that moment, and written; catalog
+events also update the materialised catalog. Snapshots (with a checksum),
+metadata, projection positions and dead letters go in the same transaction.
+``MemoryStore`` keeps it all in dicts; ``LmdbStore`` keeps it in one LMDB
+environment and grows the map when it fills, retrying the whole batch so no
+write is lost.
 
 Streams: a user's id for user events, ``""`` (``CATALOG_STREAM``) for
-``item`` and ``user_attrs`` events.
+``item`` and ``user_attrs`` events. Event ids are scoped to their stream: the
+same id under two users is two events.
+
+Snapshots are stored as ``codec.encode_snapshot`` records (seq + crc32);
+``snapshot()`` returns None for one that fails its check, logs a warning and
+counts it in ``corrupt_snapshots``, so its user is rebuilt from the journal.
+
+LMDB store format, kept in the meta key ``store_format`` (absent = 1):
+
+* 1: event-id keys are the bare id (global), snapshots have no checksum.
+* 2: event-id keys are ``stream NUL id`` (``stream NUL NUL blake2b(id)`` when
+  that would exceed LMDB's 511-byte key limit), snapshots are checksummed.
+
+Opening a format-1 store upgrades it in place once: every id key is rewritten
+under its stream (read from the journal key it points to) and snapshots
+without a checksum are dropped (their users rebuild from the journal). The
+rewrite is resumable: new keys contain a NUL, old keys never do, and the
+format key is written last.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import itertools
+import logging
+import os
+import struct
 import threading
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import lmdb
 import msgpack
 
-from engine.journal.codec import CATALOG_STREAM, StoredEvent
-from engine.errors import StoreError, StoreFull
+from engine.errors import DiskFull, InterestError, StoreError, StoreFull
+from engine.journal.codec import (CATALOG_STREAM, SNAPSHOT_MAGIC, StoredEvent, decode_snapshot,
+                                  encode_snapshot, snapshot_seq)
+from engine.journal.lock import DataDirLock
+
+logger = logging.getLogger(__name__)
 
 APPENDED = "appended"
 DUPLICATE = "duplicate"
+POSITION_PREFIX = "position/"
+
+
+def position_key(name: str) -> str:
+    """The meta key a projection's position is stored under."""
+    return POSITION_PREFIX + name
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +80,22 @@ class WriteBatch:
     events: list[tuple[str, dict]] = field(default_factory=list)   # (stream, wire map)
     snapshots: list[tuple[str, int, bytes]] = field(default_factory=list)
     meta: list[tuple[str, bytes]] = field(default_factory=list)
+    #: (position, stream, projection, error, at): an entry a projection could not apply
+    dead_letters: list[tuple[int, str, str, str, float]] = field(default_factory=list)
+    #: (projection name, position): written as meta ``position/<name>``, 8 bytes big-endian
+    positions: list[tuple[str, int]] = field(default_factory=list)
     recorded_at: float = 0.0
 
     def __len__(self) -> int:
-        return len(self.events) + len(self.snapshots) + len(self.meta)
+        return (len(self.events) + len(self.snapshots) + len(self.meta)
+                + len(self.dead_letters) + len(self.positions))
 
 
 class _Txn(ABC):
     """The primitive reads and writes one commit needs (inside one transaction)."""
 
     @abstractmethod
-    def id_exists(self, event_id: str) -> bool: ...
+    def id_exists(self, stream: str, event_id: str) -> bool: ...
 
     @abstractmethod
     def last_seq(self, stream: str) -> int: ...
@@ -75,38 +116,76 @@ class _Txn(ABC):
     def put_user_attrs(self, user: str, attrs: dict) -> None: ...
 
     @abstractmethod
-    def put_snapshot(self, stream: str, seq: int, state: bytes) -> None: ...
+    def snapshot_record(self, stream: str) -> bytes | None: ...
+
+    @abstractmethod
+    def put_snapshot(self, stream: str, record: bytes) -> None: ...
 
     @abstractmethod
     def put_meta(self, key: str, value: bytes) -> None: ...
 
+    @abstractmethod
+    def put_dead_letter(self, record: dict) -> None: ...
+
+
+def _append(txn: _Txn, stream: str, event: dict, recorded_at: float) -> AppendResult:
+    if txn.id_exists(stream, event["id"]):
+        return AppendResult(DUPLICATE, None)
+    item = event.get("item")
+    tags = txn.item_tags(item) if item and stream != CATALOG_STREAM else ()
+    entry = StoredEvent(stream=stream, seq=txn.last_seq(stream) + 1, gseq=txn.next_gseq(),
+                        recorded_at=recorded_at, event=event, tags=tags)
+    txn.put_event(entry)
+    if event["type"] == "item":
+        txn.put_item(event["item"], event)
+    elif event["type"] == "user_attrs":
+        txn.put_user_attrs(event["user"], event["attrs"])
+    return AppendResult(APPENDED, entry)
+
+
+def _intact(record: bytes) -> bool:
+    try:
+        decode_snapshot(record)
+    except StoreError:
+        return False
+    return True
+
+
+def _put_snapshot(txn: _Txn, stream: str, seq: int, state: bytes) -> None:
+    """Snapshots only move forward, except over one that fails its check."""
+    current = txn.snapshot_record(stream)
+    if current is None or snapshot_seq(current) < seq or not _intact(current):
+        txn.put_snapshot(stream, encode_snapshot(seq, state))
+
+
+def _dead_letter(item: tuple) -> dict:
+    position, stream, projection, error, at = item
+    return {"position": int(position), "stream": str(stream), "projection": str(projection),
+            "error": str(error), "at": float(at)}
+
 
 def _apply_batch(txn: _Txn, batch: WriteBatch) -> list[AppendResult]:
     """The commit rules shared by every store implementation."""
-    results = []
-    for stream, event in batch.events:
-        if txn.id_exists(event["id"]):
-            results.append(AppendResult(DUPLICATE, None))
-            continue
-        item = event.get("item")
-        tags = txn.item_tags(item) if item and stream != CATALOG_STREAM else ()
-        entry = StoredEvent(stream=stream, seq=txn.last_seq(stream) + 1, gseq=txn.next_gseq(),
-                            recorded_at=batch.recorded_at, event=event, tags=tags)
-        txn.put_event(entry)
-        if event["type"] == "item":
-            txn.put_item(event["item"], event)
-        elif event["type"] == "user_attrs":
-            txn.put_user_attrs(event["user"], event["attrs"])
-        results.append(AppendResult(APPENDED, entry))
+    results = [_append(txn, stream, event, batch.recorded_at) for stream, event in batch.events]
     for stream, seq, state in batch.snapshots:
-        txn.put_snapshot(stream, seq, state)
+        _put_snapshot(txn, stream, seq, state)
     for key, value in batch.meta:
         txn.put_meta(key, value)
+    for name, position in batch.positions:
+        txn.put_meta(position_key(name), _u64(position))
+    for item in batch.dead_letters:
+        txn.put_dead_letter(_dead_letter(item))
     return results
+
+
+_count_lock = threading.Lock()
 
 
 class Store(ABC):
     """What the service needs from durable storage. See the module docstring."""
+
+    #: snapshots that failed their checksum when read (each was returned as None)
+    corrupt_snapshots: int = 0
 
     @abstractmethod
     def commit(self, batch: WriteBatch) -> list[AppendResult]:
@@ -128,7 +207,22 @@ class Store(ABC):
         """Every stream that has at least one entry (the catalog stream included)."""
 
     @abstractmethod
-    def snapshot(self, stream: str) -> tuple[int, bytes] | None: ...
+    def snapshot_record(self, stream: str) -> bytes | None:
+        """The stored snapshot record, unchecked (``snapshot`` is the checked read)."""
+
+    def snapshot(self, stream: str) -> tuple[int, bytes] | None:
+        """(seq, state) of the stream's snapshot; None when absent or failing its checksum."""
+        record = self.snapshot_record(stream)
+        if record is None:
+            return None
+        try:
+            return decode_snapshot(record)
+        except StoreError as exc:
+            with _count_lock:
+                self.corrupt_snapshots += 1
+            logger.warning("snapshot of stream %r is unusable (%s); rebuilding it from the "
+                           "journal", stream, exc)
+            return None
 
     @abstractmethod
     def item(self, item: str) -> dict | None: ...
@@ -145,6 +239,23 @@ class Store(ABC):
     @abstractmethod
     def meta(self, key: str) -> bytes | None: ...
 
+    @abstractmethod
+    def head(self) -> int:
+        """The global position of the last committed entry (0 for an empty store)."""
+
+    def position(self, name: str) -> int:
+        """The position stored for projection ``name`` (``WriteBatch.positions``), 0 if none."""
+        raw = self.meta(position_key(name))
+        return int.from_bytes(raw, "big") if raw else 0
+
+    @abstractmethod
+    def dead_letters(self, limit: int | None = None) -> Iterator[dict]:
+        """Dead letters oldest first, at most ``limit``: dicts of position, stream,
+        projection, error, at."""
+
+    @abstractmethod
+    def dead_letter_count(self) -> int: ...
+
     def close(self) -> None:  # noqa: B027
         """Release resources; the default has none."""
 
@@ -155,17 +266,19 @@ class Store(ABC):
 class _MemoryTxn(_Txn):
     def __init__(self, store: "MemoryStore"):
         self.s = store
-        self.ids: set[str] = set()
+        self.ids: set[tuple[str, str]] = set()
         self.heads: dict[str, int] = {}
-        self.entries: list[StoredEvent] = []
+        self.entries: list[tuple[str, bytes]] = []
         self.items: dict[str, dict] = {}
         self.attrs: dict[str, dict] = {}
-        self.snapshots: dict[str, tuple[int, bytes]] = {}
+        self.snapshots: dict[str, bytes] = {}
         self.meta: dict[str, bytes] = {}
+        self.dead: list[dict] = []
         self.gseq = store._gseq
 
-    def id_exists(self, event_id):
-        return event_id in self.ids or event_id in self.s._ids
+    def id_exists(self, stream, event_id):
+        key = (stream, event_id)
+        return key in self.ids or key in self.s._ids
 
     def last_seq(self, stream):
         return self.heads.get(stream) or len(self.s._journal.get(stream, ()))
@@ -179,7 +292,7 @@ class _MemoryTxn(_Txn):
         return tuple(record.get("tags") or ()) if record else ()
 
     def put_event(self, entry):
-        self.ids.add(entry.event["id"])
+        self.ids.add((entry.stream, entry.event["id"]))
         self.heads[entry.stream] = entry.seq
         self.entries.append((entry.stream, entry.encode()))   # stored as bytes, like LMDB
 
@@ -189,13 +302,17 @@ class _MemoryTxn(_Txn):
     def put_user_attrs(self, user, attrs):
         self.attrs[user] = attrs
 
-    def put_snapshot(self, stream, seq, state):
-        current = self.snapshots.get(stream) or self.s._snapshots.get(stream)
-        if current is None or seq > current[0]:
-            self.snapshots[stream] = (seq, state)
+    def snapshot_record(self, stream):
+        return self.snapshots.get(stream) or self.s._snapshots.get(stream)
+
+    def put_snapshot(self, stream, record):
+        self.snapshots[stream] = record
 
     def put_meta(self, key, value):
         self.meta[key] = value
+
+    def put_dead_letter(self, record):
+        self.dead.append(msgpack.packb(record))
 
     def publish(self):
         s = self.s
@@ -207,6 +324,7 @@ class _MemoryTxn(_Txn):
         s._attrs.update(self.attrs)
         s._snapshots.update(self.snapshots)
         s._meta.update(self.meta)
+        s._dead.extend(self.dead)
         s._gseq = self.gseq
 
 
@@ -215,13 +333,14 @@ class MemoryStore(Store):
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._ids: set[str] = set()
+        self._ids: set[tuple[str, str]] = set()
         self._journal: dict[str, list[bytes]] = {}
         self._log: list[bytes] = []
         self._items: dict[str, dict] = {}
         self._attrs: dict[str, dict] = {}
-        self._snapshots: dict[str, tuple[int, bytes]] = {}
+        self._snapshots: dict[str, bytes] = {}
         self._meta: dict[str, bytes] = {}
+        self._dead: list[bytes] = []
         self._gseq = 0
 
     def commit(self, batch):
@@ -249,7 +368,7 @@ class MemoryStore(Store):
         with self._lock:
             return iter(sorted(self._journal))
 
-    def snapshot(self, stream):
+    def snapshot_record(self, stream):
         with self._lock:
             return self._snapshots.get(stream)
 
@@ -273,8 +392,26 @@ class MemoryStore(Store):
         with self._lock:
             return self._meta.get(key)
 
+    def head(self):
+        with self._lock:
+            return self._gseq
+
+    def dead_letters(self, limit=None):
+        with self._lock:
+            records = self._dead[:limit]
+        return map(_unpack, records)
+
+    def dead_letter_count(self):
+        with self._lock:
+            return len(self._dead)
+
 
 # -------------------------------------------------------------------- LMDB
+
+
+STORE_FORMAT = 2
+FORMAT_KEY = b"store_format"
+_MAX_KEY = 511                    # LMDB's default maximum key size
 
 
 def _u64(n: int) -> bytes:
@@ -290,6 +427,16 @@ def _journal_key(stream: str, seq: int) -> bytes:
     return stream.encode("utf-8") + b"\x00" + _u64(seq)
 
 
+def id_key(stream: str, event_id: str) -> bytes:
+    """Key of an event id in the id index (format 2): every key of a stream starts
+    with ``stream NUL``; ids never contain NUL, so a hashed long id cannot collide."""
+    prefix = stream.encode("utf-8") + b"\x00"
+    raw = event_id.encode("utf-8")
+    if len(prefix) + len(raw) <= _MAX_KEY:
+        return prefix + raw
+    return prefix + b"\x00" + hashlib.blake2b(raw, digest_size=32).digest()
+
+
 _pack = msgpack.Packer(use_bin_type=True).pack
 
 
@@ -303,9 +450,10 @@ class _LmdbTxn(_Txn):
         self.txn = txn
         self.gseq = int.from_bytes(txn.get(b"gseq", db=store._meta) or _u64(0), "big")
         self.tag_updates: dict[str, tuple[str, ...]] = {}
+        self.next_dead: int | None = None
 
-    def id_exists(self, event_id):
-        return self.txn.get(event_id.encode("utf-8"), db=self.s._ids) is not None
+    def id_exists(self, stream, event_id):
+        return self.txn.get(id_key(stream, event_id), db=self.s._ids) is not None
 
     def last_seq(self, stream):
         raw = self.txn.get(_skey(stream), db=self.s._heads)
@@ -330,7 +478,7 @@ class _LmdbTxn(_Txn):
     def put_event(self, entry):
         key = _journal_key(entry.stream, entry.seq)
         self.txn.put(key, entry.encode(), db=self.s._journal)
-        self.txn.put(entry.event["id"].encode("utf-8"), key, db=self.s._ids)
+        self.txn.put(id_key(entry.stream, entry.event["id"]), key, db=self.s._ids)
         self.txn.put(_u64(entry.gseq), key, db=self.s._log)
         self.txn.put(_skey(entry.stream), _u64(entry.seq), db=self.s._heads)
 
@@ -341,14 +489,21 @@ class _LmdbTxn(_Txn):
     def put_user_attrs(self, user, attrs):
         self.txn.put(user.encode("utf-8"), _pack(attrs), db=self.s._attrs)
 
-    def put_snapshot(self, stream, seq, state):
-        key = _skey(stream)
-        raw = self.txn.get(key, db=self.s._snapshots)
-        if raw is None or int.from_bytes(raw[:8], "big") < seq:
-            self.txn.put(key, _u64(seq) + state, db=self.s._snapshots)
+    def snapshot_record(self, stream):
+        return self.txn.get(_skey(stream), db=self.s._snapshots)
+
+    def put_snapshot(self, stream, record):
+        self.txn.put(_skey(stream), record, db=self.s._snapshots)
 
     def put_meta(self, key, value):
         self.txn.put(key.encode("utf-8"), value, db=self.s._meta)
+
+    def put_dead_letter(self, record):
+        if self.next_dead is None:
+            cursor = self.txn.cursor(db=self.s._dead)
+            self.next_dead = int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
+        self.txn.put(_u64(self.next_dead), _pack(record), db=self.s._dead)
+        self.next_dead += 1
 
     def finish(self):
         self.txn.put(b"gseq", _u64(self.gseq), db=self.s._meta)
@@ -386,47 +541,200 @@ class _ResizeLock:
                 self._cond.notify_all()
 
 
+# -- the LMDB file header (lmdb 0.9, mdb.c): checked before mapping the file
+
+_MDB_MAGIC = 0xBEEFC0DE
+_MDB_DATA_VERSION = 1
+_PAGE_SIZES = frozenset(1 << n for n in range(9, 17))
+# A meta page: page header (16 bytes: mp_pgno 8, mp_pad 2, mp_flags 2, lower/upper 4), then
+# MDB_meta: mm_magic 4, mm_version 4, mm_address 8, mm_mapsize 8, mm_dbs[2] (48 bytes each;
+# the free DB's md_pad holds the page size), mm_last_pg 8, mm_txnid 8. Native byte order.
+_META_HEAD = struct.Struct("=II")           # at 16: magic, version
+_META_PSIZE = struct.Struct("=I")           # at 40: mm_dbs[FREE_DBI].md_pad
+_META_TAIL = struct.Struct("=QQ")           # at 136: mm_last_pg, mm_txnid
+_META_BYTES = 152
+
+
+def _read_meta(fh, offset: int) -> tuple[int, int, int] | None:
+    """(page size, last page number, txn id) of the meta page at ``offset``, None if not one."""
+    fh.seek(offset)
+    page = fh.read(_META_BYTES)
+    if len(page) < _META_BYTES:
+        return None
+    magic, version = _META_HEAD.unpack_from(page, 16)
+    if magic != _MDB_MAGIC or version != _MDB_DATA_VERSION:
+        return None
+    (psize,) = _META_PSIZE.unpack_from(page, 40)
+    last_pg, txnid = _META_TAIL.unpack_from(page, 136)
+    return psize, last_pg, txnid
+
+
+def check_data_file(path: str | Path) -> None:
+    """Refuse an LMDB data file its own header contradicts: mapping a file shorter than
+    the pages it claims dies with SIGBUS on the first read past its end."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return                                   # a new environment
+        with path.open("rb") as fh:
+            first = _read_meta(fh, 0)
+            second = _read_meta(fh, first[0]) if first and first[0] in _PAGE_SIZES else None
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot read the LMDB file {path}: {exc.strerror or exc}") from exc
+    if first is None or first[0] not in _PAGE_SIZES:
+        raise StoreError(f"{path} is damaged or not an LMDB data file (its header is unreadable);"
+                         f" refusing to open it")
+    psize, last_pg, _ = max((m for m in (first, second) if m), key=lambda m: m[2])
+    needed = (last_pg + 1) * psize
+    if size < needed:
+        raise StoreError(f"{path} is truncated: its header records {last_pg + 1} pages of "
+                         f"{psize} bytes ({needed} bytes) but the file has {size} bytes; "
+                         f"refusing to map it (restore the data directory from a backup)")
+
+
+def _scoped_id(key: bytes, value: bytes):
+    """Format 1 -> 2: a bare id key moves under the stream of the journal key it points to."""
+    if b"\x00" in key:
+        return None                                  # already format 2
+    return id_key(value[:-9].decode("utf-8"), key.decode("utf-8")), value
+
+
+def _checked_snapshot(key: bytes, value: bytes):
+    """Format 1 -> 2: snapshots without a checksum are dropped (rebuilt from the journal)."""
+    return None if value[8:12] == SNAPSHOT_MAGIC else ()
+
+
+def _errno(exc: BaseException) -> int | None:
+    if isinstance(exc, OSError):
+        return exc.errno
+    if "No space left on device" in str(exc):
+        return errno.ENOSPC
+    return getattr(exc, "code", None)
+
+
 class LmdbStore(Store):
-    """The durable store: one LMDB environment in ``path``."""
+    """The durable store: one LMDB environment in ``path``.
+
+    ``lock``, when given (``open_store`` does), is released by ``close()``.
+    """
+
+    REWRITE_CHUNK = 20000             # entries changed per transaction by a format upgrade
 
     def __init__(self, path: str | Path, *, map_size_mb: int = 256,
-                 max_map_size_mb: int = 65536, sync: bool = True):
-        Path(path).mkdir(parents=True, exist_ok=True)
+                 max_map_size_mb: int = 65536, sync: bool = True,
+                 lock: DataDirLock | None = None):
+        self.path = str(path)
         self.max_map_size = max_map_size_mb << 20
-        try:
-            self.env = lmdb.open(str(path), map_size=map_size_mb << 20, max_dbs=16,
-                                 sync=sync, metasync=sync, readahead=False, max_readers=512)
-        except lmdb.Error as exc:
-            raise StoreError(f"cannot open LMDB store at {path}: {exc}") from exc
-        self.env.set_mapsize(max(self.env.info()["map_size"], map_size_mb << 20))
-        names = ("journal", "ids", "log", "heads", "snapshots", "items", "attrs", "meta")
-        for name in names:
-            setattr(self, "_" + name, self.env.open_db(name.encode()))
+        self._lock_file = lock
+        self._closed = False
         self._tags_cache: dict[str, tuple[str, ...]] = {}
         self._write_lock = threading.Lock()
         self._resize = _ResizeLock()
-        self.path = str(path)
+        self.env = self._open(Path(path), map_size_mb << 20, sync)
+        try:
+            names = ("journal", "ids", "log", "heads", "snapshots", "items", "attrs", "meta",
+                     "dead")
+            for name in names:
+                setattr(self, "_" + name, self.env.open_db(name.encode()))
+            self._upgrade()
+        except lmdb.Error as exc:
+            self.env.close()
+            raise StoreError(f"cannot open LMDB store at {path}: {exc}") from exc
+        except BaseException:
+            self.env.close()
+            raise
+
+    @staticmethod
+    def _open(path: Path, map_size: int, sync: bool) -> lmdb.Environment:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store folder {path}: {exc.strerror}") from exc
+        check_data_file(path / "data.mdb")
+        try:
+            env = lmdb.open(str(path), map_size=map_size, max_dbs=16, sync=sync,
+                            metasync=sync, readahead=False, max_readers=512)
+            env.set_mapsize(max(env.info()["map_size"], map_size))
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open LMDB store at {path}: {exc}") from exc
+        return env
+
+    # -- format upgrade
+
+    def _upgrade(self) -> None:
+        raw = self._get(self._meta, FORMAT_KEY)
+        version = int.from_bytes(raw, "big") if raw else 1
+        if version > STORE_FORMAT:
+            raise StoreError(f"the store at {self.path} has format {version}; this build reads "
+                             f"format {STORE_FORMAT} and older")
+        if version == STORE_FORMAT:
+            return
+        ids = self._rewrite(self._ids, _scoped_id)
+        dropped = self._rewrite(self._snapshots, _checked_snapshot)
+        self._with_growth(lambda: self._put_raw_meta(FORMAT_KEY, _u64(STORE_FORMAT)))
+        if ids or dropped:
+            logger.warning("upgraded the store at %s to format %d: %d event ids scoped to their "
+                           "stream, %d snapshots without checksum dropped (rebuilt from the "
+                           "journal)", self.path, STORE_FORMAT, ids, dropped)
+
+    def _put_raw_meta(self, key: bytes, value: bytes) -> None:
+        with self._resize, self.env.begin(write=True, db=self._meta) as txn:
+            txn.put(key, value)
+
+    def _rewrite(self, db, convert: Callable) -> int:
+        """Apply ``convert(key, value)`` to every entry of ``db``: None keeps it, () deletes
+        it, (key, value) replaces it; one write transaction per ``REWRITE_CHUNK`` changes."""
+        changed, resume, chunk = 0, None, self.REWRITE_CHUNK
+        while True:
+            todo = self._with_growth(lambda: self._rewrite_chunk(db, convert, resume, chunk))
+            changed += len(todo)
+            if len(todo) < chunk:
+                return changed
+            resume = todo[-1][0]
+
+    def _rewrite_chunk(self, db, convert, resume: bytes | None, chunk: int) -> list:
+        with self._resize, self.env.begin(write=True, db=db) as txn:
+            cursor = txn.cursor()
+            found = cursor.set_range(resume) if resume else cursor.first()
+            todo = []
+            while found and len(todo) < chunk:
+                change = convert(cursor.key(), cursor.value())
+                if change is not None:
+                    todo.append((cursor.key(), change))
+                found = cursor.next()
+            for key, change in todo:
+                txn.delete(key)
+                if change:
+                    txn.put(*change)
+        return todo
 
     # -- writes
 
     def commit(self, batch):
         with self._write_lock:
-            while True:
-                try:
-                    with self._resize:
-                        return self._commit_once(batch)
-                except lmdb.MapFullError:
-                    self._grow()
-                except lmdb.Error as exc:
-                    raise StoreError(f"LMDB commit failed: {exc}") from exc
+            try:
+                return self._with_growth(lambda: self._commit_once(batch))
+            except (lmdb.Error, OSError) as exc:
+                raise self._commit_error(exc) from exc
 
     def _commit_once(self, batch):
-        with self.env.begin(write=True) as txn:
+        with self._resize, self.env.begin(write=True) as txn:
             ltxn = _LmdbTxn(self, txn)
             results = _apply_batch(ltxn, batch)
             ltxn.finish()
         self._tags_cache.update(ltxn.tag_updates)
         return results
+
+    def _with_growth(self, fn):
+        """``fn()``, growing the map and calling it again each time LMDB reports it full."""
+        while True:
+            try:
+                return fn()
+            except lmdb.MapFullError:
+                self._grow()
 
     def _grow(self):
         current = self.env.info()["map_size"]
@@ -436,15 +744,42 @@ class LmdbStore(Store):
         new_size = min(current * 2, self.max_map_size)
         self._resize.exclusive(lambda: self.env.set_mapsize(new_size))
 
+    def _free_bytes(self) -> int | None:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def _commit_error(self, exc: BaseException) -> InterestError:
+        """ENOSPC (or LMDB's short write, EIO, on a full disk) is ``DiskFull``."""
+        code = _errno(exc)
+        free = self._free_bytes()
+        nearly_full = free is not None and free < (4 << 20)
+        if code == errno.ENOSPC or isinstance(exc, lmdb.DiskError) or \
+                (code == errno.EIO and nearly_full):
+            shown = f"{free} bytes free" if free is not None else "free space unknown"
+            return DiskFull(f"no space left on device for the store at {self.path} ({shown}); "
+                            f"the batch was not written")
+        return StoreError(f"LMDB commit failed: {exc}")
+
     # -- reads
 
+    @contextmanager
+    def _reading(self, db=None):
+        try:
+            with self._resize, self.env.begin(db=db, buffers=False) as txn:
+                yield txn
+        except lmdb.Error as exc:
+            raise StoreError(f"LMDB read failed at {self.path}: {exc}") from exc
+
     def _get(self, db, key: bytes):
-        with self._resize, self.env.begin(db=db, buffers=False) as txn:
+        with self._reading(db) as txn:
             return txn.get(key)
 
     def read(self, stream, after_seq=0):
         prefix = stream.encode("utf-8") + b"\x00"
-        with self._resize, self.env.begin(db=self._journal) as txn:
+        with self._reading(self._journal) as txn:
             cursor = txn.cursor()
             out = []
             if cursor.set_range(prefix + _u64(after_seq + 1)):
@@ -457,7 +792,7 @@ class LmdbStore(Store):
     def read_all(self, after_gseq=0, chunk: int = 10000):
         position = after_gseq
         while True:
-            with self._resize, self.env.begin() as txn:
+            with self._reading() as txn:
                 cursor = txn.cursor(db=self._log)
                 out = []
                 if cursor.set_range(_u64(position + 1)):
@@ -475,13 +810,12 @@ class LmdbStore(Store):
         return int.from_bytes(raw, "big") if raw else 0
 
     def streams(self):
-        with self._resize, self.env.begin(db=self._heads) as txn:
+        with self._reading(self._heads) as txn:
             keys = [key[1:].decode("utf-8") for key in txn.cursor().iternext(values=False)]
         return iter(keys)
 
-    def snapshot(self, stream):
-        raw = self._get(self._snapshots, _skey(stream))
-        return (int.from_bytes(raw[:8], "big"), raw[8:]) if raw else None
+    def snapshot_record(self, stream):
+        return self._get(self._snapshots, _skey(stream))
 
     def item(self, item):
         raw = self._get(self._items, item.encode("utf-8"))
@@ -498,23 +832,49 @@ class LmdbStore(Store):
         return self._scan(self._attrs)
 
     def _scan(self, db):
-        with self._resize, self.env.begin(db=db) as txn:
+        with self._reading(db) as txn:
             out = [(k.decode("utf-8"), _unpack(v)) for k, v in txn.cursor()]
         return iter(out)
 
     def meta(self, key):
         return self._get(self._meta, key.encode("utf-8"))
 
+    def head(self):
+        raw = self._get(self._meta, b"gseq")
+        return int.from_bytes(raw, "big") if raw else 0
+
+    def dead_letters(self, limit=None):
+        with self._reading(self._dead) as txn:
+            out = [_unpack(v) for _, v in itertools.islice(txn.cursor(), limit)]
+        return iter(out)
+
+    def dead_letter_count(self):
+        with self._reading() as txn:
+            return txn.stat(self._dead)["entries"]
+
     def info(self) -> dict:
         info = self.env.info()
         return {"map_size_mb": info["map_size"] >> 20, "path": self.path}
 
     def close(self):
-        self.env.close()
+        """Close once no commit or read is running; then release the data directory lock."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._resize.exclusive(self.env.close)
+        if self._lock_file is not None:
+            self._lock_file.release()
 
 
 def open_store(config: dict, data_dir: str | Path) -> LmdbStore:
-    """The store a service uses: LMDB under ``data_dir/journal``."""
+    """The store a service uses: LMDB under ``data_dir/journal``, holding ``data_dir/LOCK``
+    (``DataDirLocked`` if another process has it) until ``close()``."""
     cfg = config["store"]
-    return LmdbStore(Path(data_dir) / "journal", map_size_mb=cfg["map_size_mb"],
-                     max_map_size_mb=cfg["max_map_size_mb"], sync=cfg["sync"])
+    lock = DataDirLock(data_dir).acquire()
+    try:
+        return LmdbStore(Path(data_dir) / "journal", map_size_mb=cfg["map_size_mb"],
+                         max_map_size_mb=cfg["max_map_size_mb"], sync=cfg["sync"], lock=lock)
+    except BaseException:
+        lock.release()
+        raise

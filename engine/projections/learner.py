@@ -55,7 +55,8 @@ class LearnerProjection(Projection):
             except Exception as exc:  # noqa: BLE001
                 self.dead.record(entry, self.name, exc)
         self._unpublished.append(done)
-        if time.monotonic() - self._published_at >= self.publish_s:
+        # at most every publish_s, and never spending more than a fifth of the time publishing
+        if time.monotonic() - self._published_at >= max(self.publish_s, self.publish_ms / 250):
             self.publish()
 
     def idle(self) -> None:

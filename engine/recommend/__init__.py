@@ -1,5 +1,12 @@
-"""Recommendation from captured interests: sources, fusion, the Recommender."""
+"""Recommendation from captured interests: sources, fusion, the learner and its snapshots.
+
+``Learner`` (learner.py) owns the mutable models on one thread and publishes
+immutable ``Models`` snapshots (models.py) that any thread scores from;
+``Recommender`` (core.py) is the same behind the former single-object API.
+"""
 
 from engine.recommend.core import MODEL_FILE, Recommender, model_path
+from engine.recommend.learner import Learner
+from engine.recommend.models import Models
 
-__all__ = ["MODEL_FILE", "Recommender", "model_path"]
+__all__ = ["MODEL_FILE", "Learner", "Models", "Recommender", "model_path"]

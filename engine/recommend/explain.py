@@ -108,22 +108,23 @@ def explain_user(state: InterestState, env, item: str | None = None, max_tags: i
 def recommendations(state: InterestState, env, k: int = 10) -> dict:
     """The top-``k`` the user would get now, each with a reason.
 
-    Ranked like ``Recommender.recommend`` but without its side effect (the
-    served list it remembers to credit the sources with), so asking for an
-    explanation never changes the online fusion weights.
+    Ranked like ``Models.recommend`` but without its side effect (the served
+    list it hands the learner to credit the sources with), so asking for an
+    explanation never changes the online fusion weights. ``env.recommender`` is
+    a ``Models`` snapshot or a ``Recommender``; either way one snapshot answers,
+    on the calling thread, without locks.
     """
-    rec = env.recommender
-    try:
-        q, segment = rec._query(state, rec.use_llm)
-        weights = rec.fusion.weights(q.user, segment)
-        raw = rec._score(q, None, rec.use_llm)
-        items, _ = rec._rank(raw, weights, k, state.seen, None)
-    except AttributeError:          # a recommender without the internals: ask it
-        reply = rec.recommend(state, k=k)
-        items, segment, weights = reply["items"], reply["strategy"], reply["weights"]
-    for row in items:
-        row["reason"] = reason(row, rec.catalog, state)
-    return {"items": items, "strategy": segment, "weights": weights}
+    models = snapshot_of(env.recommender)
+    reply = models.recommend(state, k=k, remember=False)
+    for row in reply["items"]:
+        row["reason"] = reason(row, models.catalog, state)
+    return {"items": reply["items"], "strategy": reply["strategy"], "weights": reply["weights"]}
+
+
+def snapshot_of(recommender):
+    """The ``Models`` to explain from: ``env.recommender`` itself when it is a snapshot,
+    else the current snapshot of a ``Recommender``."""
+    return recommender.snapshot() if hasattr(recommender, "snapshot") else recommender
 
 
 def _profile(state: InterestState) -> dict | None:
@@ -181,8 +182,9 @@ def counterfactual(state: InterestState, env, item: str, entries,
         return None
     kept = [e for e in entries if e.seq <= state.version and e.seq != removed["seq"]]
     without = replay(state.user, kept, env.params)
-    rank = env.recommender.explain(state, item)["rank"]
-    rank_without = env.recommender.explain(without, item)["rank"]
+    models = snapshot_of(env.recommender)
+    rank = models.explain(state, item)["rank"]
+    rank_without = models.explain(without, item)["rank"]
     return {"removed_event": removed, "basis": basis, "rank": rank,
             "rank_without": rank_without}
 
@@ -191,17 +193,18 @@ def explain_item(state: InterestState, env, item: str, entries=None,
                  contributions: dict | None = None) -> dict:
     """The item's score source by source, the fusion weights, its rank, a reason
     and the counterfactual rank without the user's strongest contributing event."""
-    out = env.recommender.explain(state, item)
-    out["content_tags"] = content_tag_split(state, env.recommender, item,
+    models = snapshot_of(env.recommender)
+    out = models.explain(state, item)
+    out["content_tags"] = content_tag_split(state, models, item,
                                             out["sources"].get("content", 0.0))
-    out["reason"] = reason(out, env.recommender.catalog, state)
+    out["reason"] = reason(out, models.catalog, state)
     if entries is None:
         entries = list(env.store.read(state.user)) if state.version else []
     out["counterfactual"] = counterfactual(state, env, item, entries, contributions)
     return out
 
 
-def content_tag_split(state: InterestState, recommender, item: str, contribution: float) -> dict:
+def content_tag_split(state: InterestState, models, item: str, contribution: float) -> dict:
     """The content source's contribution to ``item``, split by tag.
 
     The content score is a dot product of the item's tag vector with the
@@ -210,15 +213,6 @@ def content_tag_split(state: InterestState, recommender, item: str, contribution
     """
     if not contribution:
         return {}
-    query, _segment = recommender._query(state, recommender.use_llm)  # noqa: SLF001
-    weights = recommender.content.user_weights(query.tags)
-    with recommender._lock:      # noqa: SLF001 - the tag matrix is rebuilt under this lock
-        matrix = recommender.tag_matrix.get()
-        user = matrix.user_vector(weights) if weights else None
-        row = matrix.index.get(item)
-        if user is None or row is None:
-            return {}
-        terms = {tag: float(matrix.matrix[row, col] * user[col])
-                 for tag, col in matrix.vocab.items() if matrix.matrix[row, col] and user[col]}
+    terms = snapshot_of(models).content_terms(state, item)
     total = sum(terms.values())
     return {tag: contribution * term / total for tag, term in terms.items()} if total else {}

@@ -6,6 +6,10 @@ rescaled and ``t0`` moves forward. Ranking by the stored score equals ranking
 by the score decayed to any later time. The largest score is tracked
 incrementally (scores only grow between rebases), so a normalised score is
 one dict lookup. Thread-safe (one lock); state survives a msgpack round trip.
+
+``take_changed()`` returns the items added to since its last call (``None``
+when every score changed: first call, after a rebase or a load), so a
+snapshot rewrites only those (engine.recommend.scorers.pop_arrays).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Popularity:
         self.top_every = top_every
         self._heap: list[tuple[float, str]] = []
         self._top_set: set[str] = set()
+        self._changed: set[str] | None = None     # None: every item
         self._lock = threading.Lock()
 
     def add(self, item: str, ts: float, weight: float = 1.0) -> None:
@@ -45,6 +50,8 @@ class Popularity:
                 self.max_score = value
             self.counts[item] = self.counts.get(item, 0) + 1
             self.adds += 1
+            if self._changed is not None:
+                self._changed.add(item)
             # the candidate list is refreshed on the write path, so it is a
             # function of the events seen (replay gives the same list)
             if self.adds % self.top_every == 1:
@@ -82,7 +89,14 @@ class Popularity:
         self.scores = {k: v * factor for k, v in self.scores.items()}
         self.max_score = max(self.scores.values(), default=0.0)
         self.t0 = ts
+        self._changed = None
         self._refresh_top()          # heap keys must never be above the real scores
+
+    def take_changed(self) -> set[str] | None:
+        """Items whose score changed since the last call (``None``: all of them)."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+            return changed
 
     def candidates(self) -> list[str]:
         """The (roughly) ``top_n`` most popular items, refreshed as events arrive."""

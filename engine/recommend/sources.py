@@ -1,12 +1,12 @@
-"""Recommendation sources: each learns from committed events and scores items.
+"""Recommendation sources, the learning half: mutable models owned by the learner thread.
 
-A source has ``observe(obs)`` (writer thread, global commit order),
-``score(query, extra) -> {item: raw score >= 0}`` (pure: it reads the model
-and never changes it), ``stats()`` and ``to_dict()``/``from_dict()`` with
-msgpack-safe values. ``score`` returns the source's own candidates (its
-neighbour lists, its top lists) plus, for every item in ``extra``, that
-item's score under the same rule, so a score never depends on the pool asked
-for. The Recommender holds one lock around observe and score.
+Threading: every method here runs on the learner thread only (the thread
+that owns the ``Learner``): ``observe(obs)`` in global commit order,
+``freeze(ctx, prev)`` at publish, ``to_dict``/``load_dict``. ``stats`` only
+reads sizes and counters, so it may run on any thread.
+Nothing here is read by other threads: readers score from the immutable
+scorers that ``freeze`` builds (engine.recommend.scorers). ``freeze`` rebuilds
+only what changed since the previous freeze and shares the rest with it.
 
 Sources:
 
@@ -15,7 +15,7 @@ Sources:
 * ``collaborative`` item co-occurrence over each user's recent history,
   cosine-normalised, with bounded top-K neighbour lists kept on the write path.
 * ``content``     item tag vectors against the user's short- and long-term tags.
-* ``semantic``    language-model signals: item vectors (``item_vectors`` hook)
+* ``semantic``    language-model signals: item vectors (``set_vector``)
   against the model's summary embedding and the centroid of the user's recent
   items, and the model's interest tags against item tags.
 * ``popularity``  time-decayed trending counts.
@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 
 import numpy as np
 
 from engine.recommend.popularity import Popularity
+from engine.recommend.query import Query, age_bucket, segments_of  # noqa: F401 - re-exported
+from engine.recommend.scorers import (CollaborativeScorer, ContentScorer, DemographicScorer,
+                                      Freeze, PopularityScorer, Rows, SemanticScorer,
+                                      SequentialScorer, TagTable, Vectors, frozen, grown,
+                                      pop_arrays)
 
 _SECOND = itemgetter(1)
 
@@ -48,17 +53,6 @@ class Obs:
     weight: float = 1.0
 
 
-@dataclass(slots=True)
-class Query:
-    """What a source may read about the user asking."""
-
-    user: str
-    recent: list            # the user's recent positive items, oldest first
-    tags: list = field(default_factory=list)    # state.tag_weights rows
-    attrs: dict | None = None
-    profile: dict | None = None
-
-
 # ----------------------------------------------------------------- neighbours
 
 class NeighbourTable:
@@ -68,6 +62,8 @@ class NeighbourTable:
     with their exact current counts; its membership is rebuilt on the write
     path whenever a's row total has grown by ``grow`` since the last rebuild,
     so it is a function of the event sequence (replay gives the same lists).
+    ``dirty`` holds the rows touched since the last ``freeze``, ``reshaped``
+    those whose top-list membership changed (the others keep their positions).
     """
 
     def __init__(self, k: int = 100, grow: float = 1.25):
@@ -77,28 +73,71 @@ class NeighbourTable:
         self.top: dict[str, dict[str, float]] = {}
         self.totals: dict[str, float] = {}
         self.built: dict[str, float] = {}
+        self.dirty: set[str] = set()
+        self.reshaped: set[str] = set()
+        self.n_pairs = 0
 
     def add(self, a: str, b: str, w: float) -> None:
         row = self.rows.get(a)
         if row is None:
             row = self.rows[a] = {}
             self.top[a] = {}
-        value = row.get(b, 0.0) + w
+        value = row.get(b)
+        if value is None:
+            value = 0.0
+            self.n_pairs += 1
+        value += w
         row[b] = value
         total = self.totals.get(a, 0.0) + w
         self.totals[a] = total
+        self.dirty.add(a)
         top = self.top[a]
-        if b in top or len(top) < self.k:
+        if b in top:
             top[b] = value
+        elif len(top) < self.k:
+            top[b] = value
+            self.reshaped.add(a)
         elif total >= self.built.get(a, 0.0) * self.grow:
             self.top[a] = dict(heapq.nlargest(self.k, row.items(), key=_SECOND))
             self.built[a] = total
+            self.reshaped.add(a)
 
     def neighbours(self, a: str) -> dict[str, float]:
         return self.top.get(a) or {}
 
     def pairs(self) -> int:
-        return sum(len(r) for r in self.rows.values())
+        return self.n_pairs
+
+    def item_sets(self) -> list:
+        return [self.rows, *self.rows.values()]
+
+    def freeze(self, ctx: Freeze, prev: Rows | None) -> Rows:
+        """The top lists as position arrays; rows untouched since ``prev`` are shared."""
+        dirty, self.dirty = self.dirty, set()
+        reshaped, self.reshaped = self.reshaped, set()
+        if prev is not None and not dirty and len(prev.rows) == ctx.n:
+            return prev
+        pos = ctx.index.pos
+        if prev is None:
+            rows, totals, dirty = [None] * ctx.n, np.zeros(ctx.n), self.rows
+        else:
+            rows = prev.rows + [None] * (ctx.n - len(prev.rows))
+            totals = grown(prev.totals, ctx.n)
+        for a in dirty:
+            i = pos[a]
+            rows[i] = self._frozen_row(a, pos, None if a in reshaped else rows[i])
+            totals[i] = self.totals.get(a, 0.0)
+        return Rows(rows, frozen(totals))
+
+    def _frozen_row(self, a: str, pos: dict, old):
+        """(positions, counts) of a's top list; the positions of ``old`` when given."""
+        top = self.top.get(a)
+        if not top:
+            return None
+        n = len(top)
+        members = old[0] if old is not None else \
+            frozen(np.fromiter((pos[b] for b in top), np.intp, n))
+        return members, frozen(np.fromiter(top.values(), np.float64, n))
 
     def to_dict(self) -> dict:
         return {"k": self.k, "grow": self.grow, "rows": self.rows,
@@ -113,22 +152,8 @@ class NeighbourTable:
                      for a, members in obj["top"].items()}
         table.totals = dict(obj["totals"])
         table.built = dict(obj["built"])
+        table.n_pairs = sum(len(r) for r in table.rows.values())
         return table
-
-
-def _recency(items: list, n: int, decay: float):
-    """(item, weight) for the last ``n`` distinct items, newest first."""
-    out, seen = [], set()
-    w = 1.0
-    for item in reversed(items):
-        if item in seen:
-            continue
-        seen.add(item)
-        out.append((item, w))
-        w *= decay
-        if len(out) >= n:
-            break
-    return out
 
 
 class Source:
@@ -137,8 +162,13 @@ class Source:
     def observe(self, obs: Obs) -> None:
         pass
 
-    def score(self, q: Query, extra=None) -> dict[str, float]:
-        return {}
+    def item_sets(self) -> list:
+        """Collections that hold, together, every item the model knows (to index them
+        after a load)."""
+        return []
+
+    def freeze(self, ctx: Freeze, prev):
+        raise NotImplementedError
 
     def stats(self) -> dict:
         return {}
@@ -169,17 +199,14 @@ class Sequential(Source):
                 self.table.add(a, b, w)
             w *= self.gap_decay
 
-    def score(self, q: Query, extra=None) -> dict[str, float]:
-        out: dict[str, float] = {}
-        totals = self.table.totals
-        for a, r in _recency(q.recent, self.query_items, self.recency):
-            top = self.table.neighbours(a)
-            if not top:
-                continue
-            f = r / totals[a]
-            for b, c in top.items():
-                out[b] = out.get(b, 0.0) + f * c
-        return out
+    def item_sets(self) -> list:
+        return self.table.item_sets()
+
+    def freeze(self, ctx: Freeze, prev: SequentialScorer | None) -> SequentialScorer:
+        rows = self.table.freeze(ctx, prev.rows if prev is not None else None)
+        if prev is not None and rows is prev.rows:
+            return prev
+        return SequentialScorer(rows, ctx.index.pos, ctx.n, self.query_items, self.recency)
 
     def stats(self) -> dict:
         return {"items": len(self.table.rows), "pairs": self.table.pairs()}
@@ -202,28 +229,38 @@ class Collaborative(Source):
         self.table = NeighbourTable(k)
         self.counts: dict[str, float] = {}
         self.inv_sqrt: dict[str, float] = {}     # 1/sqrt(count), kept with the counts
+        self.changed: set[str] = set()           # counts changed since the last freeze
 
     def observe(self, obs: Obs) -> None:
         b = obs.item
         n = self.counts[b] = self.counts.get(b, 0.0) + 1.0
         self.inv_sqrt[b] = 1.0 / math.sqrt(n)
+        self.changed.add(b)
         for a in dict.fromkeys(reversed(obs.history[-self.window:])):
             if a != b:
                 self.table.add(a, b, 1.0)
                 self.table.add(b, a, 1.0)
 
-    def score(self, q: Query, extra=None) -> dict[str, float]:
-        out: dict[str, float] = {}
-        inv = self.inv_sqrt
-        get = out.get
-        for a, r in _recency(q.recent, self.query_items, self.recency):
-            top = self.table.neighbours(a)
-            if not top:
-                continue
-            f = r * inv[a]
-            for b, c in top.items():
-                out[b] = get(b, 0.0) + f * c * inv[b]
-        return out
+    def item_sets(self) -> list:
+        return [*self.table.item_sets(), self.counts]
+
+    def _inv_array(self, ctx: Freeze, prev: np.ndarray | None) -> np.ndarray:
+        changed, self.changed = self.changed, set()
+        if prev is not None and not changed and len(prev) == ctx.n:
+            return prev
+        pos = ctx.index.pos
+        inv = np.zeros(ctx.n) if prev is None else grown(prev, ctx.n)
+        for b in (self.inv_sqrt if prev is None else changed):
+            inv[pos[b]] = self.inv_sqrt[b]
+        return frozen(inv)
+
+    def freeze(self, ctx: Freeze, prev: CollaborativeScorer | None) -> CollaborativeScorer:
+        rows = self.table.freeze(ctx, prev.rows if prev is not None else None)
+        inv = self._inv_array(ctx, prev.inv if prev is not None else None)
+        if prev is not None and rows is prev.rows and inv is prev.inv:
+            return prev
+        return CollaborativeScorer(rows, inv, ctx.index.pos, ctx.n, self.query_items,
+                                   self.recency)
 
     def stats(self) -> dict:
         return {"items": len(self.counts), "pairs": self.table.pairs()}
@@ -237,72 +274,38 @@ class Collaborative(Source):
         self.inv_sqrt = {b: 1.0 / math.sqrt(n) for b, n in self.counts.items()}
 
 
-def _top_of(vector: np.ndarray, ids: list, m: int, extra, index: dict) -> dict[str, float]:
-    """The ``m`` best positive entries of ``vector`` plus those of ``extra``."""
-    out: dict[str, float] = {}
-    n = len(vector)
-    if n == 0:
-        return out
-    m = min(m, n)
-    part = np.argpartition(-vector, m - 1)[:m] if m < n else np.arange(n)
-    for i in part.tolist():
-        v = float(vector[i])
-        if v > 0:
-            out[ids[i]] = v
-    if extra:
-        for item in extra:
-            i = index.get(item)
-            if i is not None and i < n:
-                v = float(vector[i])
-                if v > 0:
-                    out[item] = v
-    return out
+# ------------------------------------------------------------ tag matrices
+
+def build_tag_table(ids: list, records: list) -> TagTable:
+    vocab: dict[str, int] = {}
+    for record in records:
+        for tag in record.get("tags") or ():
+            vocab.setdefault(tag, len(vocab))
+    matrix = np.zeros((len(ids), max(1, len(vocab))), dtype=np.float32)
+    for i, record in enumerate(records):
+        tags = record.get("tags") or ()
+        if tags:
+            matrix[i, [vocab[t] for t in tags]] = 1.0 / math.sqrt(len(set(tags)))
+    folded: dict[str, int] = {}
+    for tag, col in vocab.items():
+        folded.setdefault(tag.casefold(), col)
+    frozen(matrix)
+    return TagTable(len(ids), list(ids), {item: i for i, item in enumerate(ids)}, vocab,
+                    folded, matrix)
 
 
 class TagMatrix:
-    """Item x tag matrix (rows L2-normalised), rebuilt when the catalog grows."""
+    """The catalog's item x tag table, rebuilt when the catalog grows (learner thread)."""
 
     def __init__(self, catalog):
         self.catalog = catalog
-        self.n = -1
-        self.ids: list[str] = []
-        self.index: dict[str, int] = {}
-        self.vocab: dict[str, int] = {}
-        self.folded: dict[str, int] = {}          # casefolded tag -> column
-        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.table: TagTable | None = None
 
-    def get(self):
+    def get(self) -> TagTable:
         n = len(self.catalog)
-        if n != self.n:
-            ids = self.catalog.ids[:n]
-            records = self.catalog.records[:n]
-            vocab: dict[str, int] = {}
-            for record in records:
-                for tag in record.get("tags") or ():
-                    vocab.setdefault(tag, len(vocab))
-            matrix = np.zeros((n, max(1, len(vocab))), dtype=np.float32)
-            for i, record in enumerate(records):
-                tags = record.get("tags") or ()
-                if tags:
-                    matrix[i, [vocab[t] for t in tags]] = 1.0 / math.sqrt(len(set(tags)))
-            self.ids, self.vocab, self.matrix = list(ids), vocab, matrix
-            self.folded = {}
-            for tag, col in vocab.items():
-                self.folded.setdefault(tag.casefold(), col)
-            self.index = {item: i for i, item in enumerate(self.ids)}
-            self.n = n
-        return self
-
-    def user_vector(self, weights: dict[str, float]) -> np.ndarray | None:
-        u = np.zeros(self.matrix.shape[1], dtype=np.float32)
-        for tag, w in weights.items():
-            col = self.vocab.get(tag)
-            if col is None:     # the model writes tags in lower case ("sci-fi" for "Sci-Fi")
-                col = self.folded.get(tag.casefold())
-            if col is not None:
-                u[col] = w
-        norm = float(np.linalg.norm(u))
-        return u / norm if norm > 0 else None
+        if self.table is None or n != self.table.n:
+            self.table = build_tag_table(self.catalog.ids[:n], self.catalog.records[:n])
+        return self.table
 
 
 class Content(Source):
@@ -310,95 +313,60 @@ class Content(Source):
 
     name = "content"
 
-    def __init__(self, tags: TagMatrix, top_m: int = 100, short_share: float = 0.5):
-        self.tags, self.top_m, self.short_share = tags, top_m, short_share
+    def __init__(self, top_m: int = 100, short_share: float = 0.5):
+        self.top_m, self.short_share = top_m, short_share
+        self.tags_n = 0
 
-    def user_weights(self, rows: list) -> dict[str, float]:
-        if not rows:
-            return {}
-        top_s = max((abs(r["short"]) for r in rows), default=0.0) or 1.0
-        top_l = max((abs(r["long"]) for r in rows), default=0.0) or 1.0
-        a = self.short_share
-        return {r["tag"]: a * r["short"] / top_s + (1 - a) * r["long"] / top_l for r in rows}
-
-    def score(self, q: Query, extra=None) -> dict[str, float]:
-        weights = self.user_weights(q.tags)
-        if not weights:
-            return {}
-        tm = self.tags.get()
-        u = tm.user_vector(weights)
-        if u is None:
-            return {}
-        return _top_of(tm.matrix @ u, tm.ids, self.top_m, extra, tm.index)
+    def freeze(self, ctx: Freeze, prev: ContentScorer | None) -> ContentScorer:
+        self.tags_n = ctx.tags.n
+        if prev is not None and prev.tags is ctx.tags and prev.n == ctx.n:
+            return prev
+        return ContentScorer(ctx.tags, ctx.cat_pos, ctx.n, self.top_m, self.short_share)
 
     def stats(self) -> dict:
-        return {"items": self.tags.n, "tags": len(self.tags.vocab)}
+        return {"items": self.tags_n}
 
 
 class Semantic(Source):
     """Language-model signals: item vectors vs. the profile embedding and recent-item
     centroid, and the model's interest tags vs. item tags.
 
-    ``item_vectors`` is the hook the inference work fills (item -> 1-d array, one
-    dimension for all); it may be set or extended at any time (``set_vector``).
+    ``vectors`` (item -> unit 1-d float32 array, one dimension for all) is filled by
+    ``set_vector`` on the learner thread (the Learner queues vectors from other threads).
     """
 
     name = "semantic"
 
-    def __init__(self, tags: TagMatrix, top_m: int = 100, centroid_items: int = 10):
-        self.tags, self.top_m, self.centroid_items = tags, top_m, centroid_items
+    def __init__(self, top_m: int = 100, centroid_items: int = 10):
+        self.top_m, self.centroid_items = top_m, centroid_items
         self.vectors: dict[str, np.ndarray] = {}
-        self._version = 0
-        self._built = -1
-        self._ids: list[str] = []
-        self._index: dict[str, int] = {}
-        self._matrix = np.zeros((0, 0), dtype=np.float32)
+        self._changed = True
 
     def set_vector(self, item: str, vector) -> None:
         v = np.asarray(vector, dtype=np.float32).ravel()
         norm = float(np.linalg.norm(v))
         self.vectors[item] = v / norm if norm > 0 else v
-        self._version += 1
+        self._changed = True
 
-    def _get(self):
-        if self._built != self._version:
-            self._ids = list(self.vectors)
-            self._index = {item: i for i, item in enumerate(self._ids)}
-            self._matrix = (np.stack([self.vectors[i] for i in self._ids])
-                            if self._ids else np.zeros((0, 0), dtype=np.float32))
-            self._built = self._version
-        return self._ids, self._index, self._matrix
+    def item_sets(self) -> list:
+        return [self.vectors]
 
-    def score(self, q: Query, extra=None) -> dict[str, float]:
-        out: dict[str, float] = {}
-        ids, index, matrix = self._get()
-        if len(ids):
-            query = np.zeros(matrix.shape[1], dtype=np.float32)
-            emb = (q.profile or {}).get("embedding")
-            if emb is not None and len(emb) == matrix.shape[1]:
-                e = np.asarray(emb, dtype=np.float32)
-                n = float(np.linalg.norm(e))
-                if n > 0:
-                    query += e / n
-            centroid = np.zeros_like(query)
-            for item, r in _recency(q.recent, self.centroid_items, 0.8):
-                i = index.get(item)
-                if i is not None:
-                    centroid += r * matrix[i]
-            n = float(np.linalg.norm(centroid))
-            if n > 0:
-                query += centroid / n
-            if float(np.linalg.norm(query)) > 0:
-                out = _top_of(matrix @ query, ids, self.top_m, extra, index)
-        ptags = (q.profile or {}).get("tags") or []
-        if ptags:
-            tm = self.tags.get()
-            u = tm.user_vector({t: 1.0 for t in ptags if isinstance(t, str)})
-            if u is not None:
-                for item, v in _top_of(tm.matrix @ u, tm.ids, self.top_m, extra,
-                                       tm.index).items():
-                    out[item] = out.get(item, 0.0) + 0.5 * v
-        return out
+    def _frozen_vectors(self, ctx: Freeze) -> Vectors:
+        ids = list(self.vectors)
+        matrix = (np.stack([self.vectors[i] for i in ids]) if ids
+                  else np.zeros((0, 0), dtype=np.float32))
+        pos = np.fromiter((ctx.index.pos[i] for i in ids), np.intp, len(ids))
+        return Vectors(ids, {item: i for i, item in enumerate(ids)}, frozen(matrix), frozen(pos))
+
+    def freeze(self, ctx: Freeze, prev: SemanticScorer | None) -> SemanticScorer:
+        if prev is not None and not self._changed and prev.tags is ctx.tags \
+                and prev.n == ctx.n:
+            return prev
+        vectors = prev.vectors if prev is not None and not self._changed \
+            else self._frozen_vectors(ctx)
+        self._changed = False
+        return SemanticScorer(vectors, ctx.tags, ctx.cat_pos, ctx.n, self.top_m,
+                              self.centroid_items)
 
     def stats(self) -> dict:
         return {"item_vectors": len(self.vectors)}
@@ -407,9 +375,12 @@ class Semantic(Source):
         return {"vectors": {k: v.astype(np.float32).tobytes() for k, v in self.vectors.items()}}
 
     def load_dict(self, obj: dict) -> None:
-        for item, raw in (obj.get("vectors") or {}).items():
-            self.set_vector(item, np.frombuffer(raw, dtype=np.float32))
+        for item, raw in (obj.get("vectors") or {}).items():   # saved normalised
+            self.vectors[item] = np.frombuffer(raw, dtype=np.float32).copy()
+        self._changed = True
 
+
+# -------------------------------------------------------------- popularity
 
 class PopularitySource(Source):
     name = "popularity"
@@ -420,15 +391,14 @@ class PopularitySource(Source):
     def observe(self, obs: Obs) -> None:
         self.pop.add(obs.item, obs.ts, obs.weight)
 
-    def score(self, q: Query, extra=None) -> dict[str, float]:
-        get = self.pop.get
-        out = {item: get(item) for item in self.pop.candidates()}
-        if extra:
-            for item in extra:
-                v = get(item)
-                if v > 0:
-                    out[item] = v
-        return out
+    def item_sets(self) -> list:
+        return [self.pop.scores]
+
+    def freeze(self, ctx: Freeze, prev: PopularityScorer | None) -> PopularityScorer:
+        arrays = pop_arrays(self.pop, ctx, prev.pop if prev is not None else None)
+        if prev is not None and arrays is prev.pop:
+            return prev
+        return PopularityScorer(arrays, ctx.n)
 
     def stats(self) -> dict:
         return {"items": len(self.pop)}
@@ -438,40 +408,6 @@ class PopularitySource(Source):
 
     def load_dict(self, obj: dict) -> None:
         self.pop = Popularity.from_dict(obj["pop"])
-
-
-def age_bucket(age) -> str | None:
-    try:
-        age = int(age)
-    except (TypeError, ValueError):
-        return None
-    for limit, name in ((18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"),
-                        (56, "45-55")):
-        if age < limit:
-            return name
-    return "56+"
-
-
-def segments_of(attrs: dict | None) -> list[str]:
-    """Attribute segments of a user: age bucket x gender, gender, occupation, age."""
-    if not attrs:
-        return []
-    out = []
-    age = age_bucket(attrs.get("age"))
-    gender = attrs.get("gender")
-    occupation = attrs.get("occupation")
-    if age and gender:
-        out.append(f"age*gender:{age}*{gender}")
-    if age:
-        out.append(f"age:{age}")
-    if gender:
-        out.append(f"gender:{gender}")
-    if occupation:
-        out.append(f"occupation:{occupation}")
-    for key in sorted(attrs):
-        if key not in ("age", "gender", "occupation", "zip") and isinstance(attrs[key], str):
-            out.append(f"{key}:{attrs[key]}")
-    return out
 
 
 class Demographic(Source):
@@ -490,26 +426,16 @@ class Demographic(Source):
                 pop = self.segments[seg] = Popularity(self.half_life, self.top_n, 64)
             pop.add(obs.item, obs.ts, obs.weight)
 
-    def score(self, q: Query, extra=None) -> dict[str, float]:
-        pops = [self.segments[s] for s in segments_of(q.attrs) if s in self.segments]
-        if not pops:
-            return {}
-        share = 1.0 / len(pops)
-        keys: dict[str, None] = {}
-        for pop in pops:
-            keys.update(dict.fromkeys(pop.candidates()))
-        if extra:
-            keys.update(dict.fromkeys(extra))
-        out: dict[str, float] = {}
-        for pop in pops:          # out[item] = share * sum of the segments' normalised scores
-            if pop.max_score <= 0:
-                continue
-            factor, scores = share / pop.max_score, pop.scores
-            for item in keys:
-                v = scores.get(item)
-                if v:
-                    out[item] = out.get(item, 0.0) + factor * v
-        return {k: v for k, v in out.items() if v > 0}
+    def item_sets(self) -> list:
+        return [pop.scores for pop in self.segments.values()]
+
+    def freeze(self, ctx: Freeze, prev: DemographicScorer | None) -> DemographicScorer:
+        old = prev.segments if prev is not None else {}
+        segments = {seg: pop_arrays(pop, ctx, old.get(seg)) for seg, pop in self.segments.items()}
+        if prev is not None and len(segments) == len(old) and \
+                all(arrays is old[seg] for seg, arrays in segments.items()):
+            return prev
+        return DemographicScorer(segments, ctx.n)
 
     def stats(self) -> dict:
         return {"segments": len(self.segments)}

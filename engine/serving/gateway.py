@@ -71,8 +71,11 @@ class Reply:
         try:
             payload = encode_frame(body)
         except (TypeError, ValueError, OverflowError) as exc:
-            payload = encode_frame({"rid": self.rid, "ok": False,
-                                    "error": {"code": "internal", "message": str(exc)}})
+            error = {"code": "internal", "message": f"the reply cannot be encoded: {exc}"}
+            try:
+                payload = encode_frame({"rid": self.rid, "ok": False, "error": error})
+            except (TypeError, ValueError, OverflowError):      # the rid itself cannot be
+                payload = encode_frame({"rid": None, "ok": False, "error": error})
         metrics.latency(self.op, (time.perf_counter() - self.t0) * 1000)
         self.gateway.finished(self)
         self.gateway.send(self.envelope + [payload])
@@ -208,7 +211,11 @@ class Gateway:
                 frames = self._api.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._request(frames)
+            try:
+                self._request(frames)
+            except Exception:  # noqa: BLE001 - one request never stops the gateway
+                self.service.metrics.add("internal_errors")
+                logger.exception("a request escaped handling; it was not answered")
 
     def _request(self, frames: list) -> None:
         envelope, frame = [f.bytes for f in frames[:-1]], frames[-1]
@@ -219,10 +226,13 @@ class Gateway:
             return
         try:
             request = parse_request(obj, self.limits, self.service.config["recommend"]["default_k"])
-        except BadRequest as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the request holds, it gets an answer
             is_map = isinstance(obj, dict)
-            self._reject(envelope, obj.get("rid") if is_map else None,
-                         op_key(obj.get("op")) if is_map else "invalid", exc)
+            rid = obj.get("rid") if is_map else None
+            error = exc if isinstance(exc, BadRequest) else \
+                BadRequest(f"the request cannot be parsed ({type(exc).__name__})")
+            self._reject(envelope, rid,
+                         op_key(obj.get("op")) if is_map else "invalid", error)
             return
         reply = self._admit(envelope, request.rid, request.op, len(frame))
         try:

@@ -79,8 +79,9 @@ OPS = {cls.op: cls for cls in (Ping, Stats, Ingest, Flush, Interests, Recommend,
 def op_name(obj: dict) -> str:
     """The op of a request map, cut short for messages (unknown ops may be huge)."""
     op = obj.get("op")
-    text = op if isinstance(op, str) else repr(op)
-    return text if len(text) <= MAX_OP_ECHO else text[:MAX_OP_ECHO] + "..."
+    if not isinstance(op, str):
+        return f"<{type(op).__name__}>"         # never repr(): it may be huge or nested deep
+    return op if len(op) <= MAX_OP_ECHO else op[:MAX_OP_ECHO] + "..."
 
 
 def parse_request(obj: Any, limits: dict, default_k: int = 10) -> Request:
@@ -89,7 +90,7 @@ def parse_request(obj: Any, limits: dict, default_k: int = 10) -> Request:
     op = obj.get("op")
     cls = OPS.get(op) if isinstance(op, str) else None
     if cls is None:
-        raise BadRequest(f"unknown op {op_name(obj)!r}; expected one of {sorted(OPS)}")
+        raise BadRequest(f"unknown op {op_name(obj)}; expected one of {sorted(OPS)}")
     rid = obj.get("rid")
     if cls is Ping or cls is Stats:
         return cls(rid=rid)
@@ -182,4 +183,7 @@ def parse_batch(raw: list, limits: dict) -> tuple[list[Event], list[dict]]:
             events.append(parse_event(obj, limits))
         except BadRequest as exc:
             rejected.append({"index": index, "code": exc.code, "message": str(exc)})
+        except RecursionError:
+            rejected.append({"index": index, "code": "bad_request",
+                             "message": "the event is nested too deeply"})
     return events, rejected

@@ -89,9 +89,20 @@ class Service:
             if self.recommender.load(path):
                 logger.info("loaded the recommender checkpoint %s (position %d)", path,
                             self.recommender.gseq)
-        except (ValueError, InterestError) as exc:
-            logger.warning("the recommender checkpoint %s is unusable (%s); rebuilding the "
-                           "models from the journal", path, exc)
+        except (ValueError, KeyError, TypeError, InterestError) as exc:
+            self._discard_models(f"the recommender checkpoint {path} is unusable ({exc})")
+            return
+        if self.recommender.gseq > self.store.head():
+            self._discard_models(f"the recommender checkpoint {path} has learned up to position "
+                                 f"{self.recommender.gseq}, past the journal's head "
+                                 f"{self.store.head()} (a checkpoint from another data directory?)")
+
+    def _discard_models(self, why: str) -> None:
+        logger.warning("%s; rebuilding the models from the journal", why)
+        rec = self.config["recommend"]
+        self.recommender = Recommender(self.catalog, self.params, rec["popularity_half_life_s"],
+                                       feedback_every=rec["feedback_every"],
+                                       max_histories=rec["max_histories"])
 
     def _build_actors(self) -> None:
         rt = self.config["runtime"]
