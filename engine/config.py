@@ -52,6 +52,16 @@ class Range:
         return None
 
 
+@dataclass(frozen=True)
+class OneOf:
+    """Allowed values of a string."""
+
+    values: tuple
+
+    def violation(self, value: Any) -> str | None:
+        return None if value in self.values else f"must be one of {', '.join(self.values)}"
+
+
 Count = Annotated[int, Range(1)]                    # 1, 2, ...
 Size = Annotated[int, Range(0)]                     # 0, 1, ...
 Positive = Annotated[float, Range(0, above=True)]   # > 0
@@ -143,6 +153,7 @@ class ProjectionsSection:
     max_lag_events: Count
     max_learner_lag_events: Count
     retry_after_ms: Size
+    learner: Annotated[str, OneOf(("thread", "process"))]
 
 
 @dataclass(frozen=True)
@@ -210,11 +221,11 @@ class Config:
 # -------------------------------------------------------------- checking
 
 
-def _split(hint: Any) -> tuple[Any, Range | None]:
-    """(base type, Range or None) of a field's annotation."""
+def _split(hint: Any) -> tuple[Any, Range | OneOf | None]:
+    """(base type, Range, OneOf or None) of a field's annotation."""
     if get_origin(hint) is Annotated:
         base, *extras = get_args(hint)
-        return base, next((e for e in extras if isinstance(e, Range)), None)
+        return base, next((e for e in extras if isinstance(e, (Range, OneOf))), None)
     return hint, None
 
 

@@ -39,10 +39,18 @@ def wait_for(predicate, timeout=5.0, reason="condition"):
     pytest.fail(f"timed out after {timeout}s waiting for {reason}")
 
 
+def learned(client, timeout: float = 10.0) -> None:
+    """Wait until the model learner (which lags the log by design) has learned the head."""
+    wait_for(lambda: client.call("stats")["projections"]["learner"]["lag_events"] == 0,
+             timeout=timeout, reason="the model learner to catch up")
+
+
 @pytest.fixture
 def config():
+    """The learner runs as a thread in these tests (tests/test_learner_process.py runs it
+    as a process): the same Learner, without a process start per server."""
     return load_config(store={"sync": False}, inference={"enabled": False},
-                       runtime={"sweep_seconds": 0.2})
+                       runtime={"sweep_seconds": 0.2}, projections={"learner": "thread"})
 
 
 @pytest.fixture

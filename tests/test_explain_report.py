@@ -11,7 +11,7 @@ import pytest
 from actors.user import load_state
 from engine.recommend.reasons import PHRASES, reason, reason_sources
 from engine.projections.state import replay
-from tests.conftest import event, item_event
+from tests.conftest import event, item_event, learned
 from tools import explain_report
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,10 @@ def test_contributions_add_up_to_the_tag_weights(client, loaded):
 
 
 def test_counterfactual_matches_rescoring_without_the_event(server, client, loaded):
-    env = server.service.env
+    service = server.service
+    env, catalog = service.env, service.catalog
+    learned(client)
+    models = service.learner.models
     rng = random.Random(3)
     for user in loaded[:4]:
         item = f"m{rng.randrange(30)}"
@@ -73,7 +76,7 @@ def test_counterfactual_matches_rescoring_without_the_event(server, client, load
         removed = cf["removed_event"]
         if cf["basis"] == "item_tags":      # it is the largest share of the item's tags
             shares = {}
-            item_tags = env.recommender.catalog.tags_of(item)
+            item_tags = catalog.tags_of(item)
             for tag in reply["tags"]:
                 if tag["tag"] in item_tags:
                     for ev in tag["events"]:
@@ -85,8 +88,8 @@ def test_counterfactual_matches_rescoring_without_the_event(server, client, load
         state = load_state(env.store, user, env.params)
         without = replay(user, [e for e in entries if e.seq != removed["seq"]], env.params)
         assert without.events == state.events - 1
-        assert env.recommender.explain(without, item)["rank"] == cf["rank_without"]
-        assert env.recommender.explain(state, item)["rank"] == cf["rank"]
+        assert models.explain(without, item)["rank"] == cf["rank_without"]
+        assert models.explain(state, item)["rank"] == cf["rank"]
 
 
 def _mentions(text):

@@ -35,7 +35,7 @@ def ok(service: Service, **request) -> dict:
 @pytest.fixture
 def config():
     return load_config(inference={"enabled": False}, store={"sync": False},
-                       runtime={"sweep_seconds": 0.2})
+                       runtime={"sweep_seconds": 0.2}, projections={"learner": "thread"})
 
 
 @pytest.fixture
@@ -165,7 +165,7 @@ def test_a_failing_entry_is_dead_lettered_and_everything_keeps_working(
 
 def test_a_failing_profile_projection_entry_is_dead_lettered(config, make_service, monkeypatch,
                                                               tmp_path):
-    config = load_config(store={"sync": False},
+    config = load_config(store={"sync": False}, projections={"learner": "thread"},
                          inference={"refresh_min_events": 2, "refresh_quiet_s": 0.05})
     backend = FakeBackend(lambda prompt: '{"tags": ["Drama"], "summary": "dramas"}')
     inference = Inference.start(config, str(tmp_path / "cache"), backend=backend)

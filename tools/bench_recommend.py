@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import random
 import sys
@@ -50,8 +51,9 @@ def load_generator(api: str, users: list[str], rate: float, seconds: float, k: i
                                     "k": k}))
             pending[sent] = time.perf_counter()
             sent += 1
-        wait_ms = max(0, int((t0 + sent / rate - time.perf_counter()) * 1000)) if sent < total else 50
-        if sock.poll(wait_ms, zmq.POLLIN):
+        # wait for a reply or the next send time; never spin (this process shares the machine)
+        wait_ms = math.ceil((t0 + sent / rate - time.perf_counter()) * 1000) if sent < total else 50
+        if sock.poll(max(1, wait_ms), zmq.POLLIN):
             while True:
                 try:
                     reply = decode_frame(sock.recv(zmq.NOBLOCK), 1 << 26)

@@ -135,12 +135,12 @@ class Harness:
                  vectors: dict | None = None):
         from engine.config import load_config
         from engine.serving.service import Service
-        self.config = load_config(config_path, store={"sync": False})
+        self.config = load_config(config_path, store={"sync": False}, projections={"learner": "thread"})
         self.limits = self.config["limits"]
         self.service = Service(self.config, Path(tmp) / "data")
         self.shadow = {"service_no_llm": {"use_llm": False}} if use_llm_shadow else {}
         for item, vector in (vectors or {}).items():
-            self.service.recommender.set_item_vector(item, vector)
+            self.service.item_vectors.set_item_vector(item, vector)
         self._wait(lambda done: self.service.flush(done, projections=("users", "learner")))
 
     @staticmethod

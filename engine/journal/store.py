@@ -768,10 +768,20 @@ class LmdbStore(Store):
     @contextmanager
     def _reading(self, db=None):
         try:
-            with self._resize, self.env.begin(db=db, buffers=False) as txn:
+            with self._resize, self._begin_read(db) as txn:
                 yield txn
         except lmdb.Error as exc:
             raise StoreError(f"LMDB read failed at {self.path}: {exc}") from exc
+
+    def _begin_read(self, db):
+        """A read transaction. A reader in another process (the model learner) sees the
+        writer's map growth as MapResizedError: adopt the new size and begin again (that
+        process reads from one thread, so no transaction of its own is open)."""
+        try:
+            return self.env.begin(db=db, buffers=False)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            return self.env.begin(db=db, buffers=False)
 
     def _get(self, db, key: bytes):
         with self._reading(db) as txn:

@@ -50,13 +50,17 @@ class DeadLetters:
 
     def record(self, entry: StoredEvent, projection: str, error: BaseException) -> None:
         """Any thread: one entry ``projection`` could not handle."""
-        text = f"{type(error).__name__}: {error}"[:1000]
+        self.record_letter(entry.gseq, entry.stream, projection,
+                           f"{type(error).__name__}: {error}"[:1000])
+
+    def record_letter(self, position: int, stream: str, projection: str, error: str) -> None:
+        """Any thread: the same, from its fields (a projection in another process)."""
         with self._lock:
             self.counts[projection] = self.counts.get(projection, 0) + 1
         logger.error("projection %s failed on the entry at position %d (stream %r): %s",
-                     projection, entry.gseq, entry.stream, text)
+                     projection, position, stream, error)
         if self._store_letter is not None:
-            self._store_letter((entry.gseq, entry.stream, projection, text, time.time()))
+            self._store_letter((position, stream, projection, error, time.time()))
 
     def total(self) -> int:
         with self._lock:

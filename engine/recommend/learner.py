@@ -98,7 +98,7 @@ class Learner:
     def __init__(self, catalog, params, popularity_half_life_s: float = 604800.0, *,
                  use_llm: bool = True, history: int = 50, weights: dict | None = None,
                  adapt: bool = True, feedback_every: int = 4, max_served: int = 20_000,
-                 max_histories: int = 200_000, max_stale: int = 32):
+                 max_histories: int = 200_000, max_stale: int = 256):
         self.catalog = catalog
         self.params = params
         self.use_llm = use_llm

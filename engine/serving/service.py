@@ -38,6 +38,7 @@ from engine.journal.store import APPENDED, Store, open_store
 from engine.journal.writer import WriteJob, Writer
 from engine.projections.catalog import Catalog
 from engine.projections.learner import LearnerProjection
+from engine.projections.learner_process import LearnerProcess
 from engine.projections.log import CommittedLog
 from engine.projections.runner import DeadLetters, ProjectionRunner
 from engine.projections.state import FoldParams
@@ -68,6 +69,7 @@ class Service:
         self.dead = DeadLetters(lambda letter: self.writer.submit(WriteJob(dead_letters=[letter])))
         self.inference = inference
         self._build_models()
+        self._build_learner()
         self._build_actors()
         self._build_projections()
         self.reader = Reader(self.store, self.users, self.params, self.catalog,
@@ -89,7 +91,7 @@ class Service:
             if self.recommender.load(path):
                 logger.info("loaded the recommender checkpoint %s (position %d)", path,
                             self.recommender.gseq)
-        except (ValueError, KeyError, TypeError, InterestError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a rebuildable checkpoint: any failure, rebuild
             self._discard_models(f"the recommender checkpoint {path} is unusable ({exc})")
             return
         if self.recommender.gseq > self.store.head():
@@ -104,6 +106,18 @@ class Service:
                                        feedback_every=rec["feedback_every"],
                                        max_histories=rec["max_histories"])
 
+    def _build_learner(self) -> None:
+        """The model learner: a projection thread here, or a process of its own."""
+        if self.config["projections"]["learner"] == "process":
+            self.learner = LearnerProcess(self.recommender, self.config, self.data_dir, self.log,
+                                          self.dead)
+            self.item_vectors = self.learner
+        else:
+            self.learner = LearnerProjection(self.recommender, self.dead,
+                                             model_path(self.data_dir),
+                                             publish_s=self.config["projections"]["publish_ms"] / 1000)
+            self.item_vectors = self.recommender
+
     def _build_actors(self) -> None:
         rt = self.config["runtime"]
         self.dispatcher = Dispatcher(rt["workers"], rt["throughput"], name="users")
@@ -117,29 +131,31 @@ class Service:
         if self.inference is not None and self.inference.available:
             self.profiles = ProfileScheduler(
                 self.inference, self.catalog, self.config, tell_user=self.users.tell,
-                append_events=self.ingest_events, recommender=self.recommender)
+                append_events=self.ingest_events, recommender=self.item_vectors)
             self.env.profiles = self.profiles
 
     def _build_projections(self) -> None:
         cfg = self.config["projections"]
         on_items = self.profiles.embed_items if self.profiles is not None else None
-        self.learner = LearnerProjection(self.recommender, self.dead, model_path(self.data_dir),
-                                         publish_s=cfg["publish_ms"] / 1000)
         projections = [
             (UserStateProjection(self.store, self.writer, self.users.tell), cfg["checkpoint_s"]),
             (CatalogProjection(self.store, self.catalog, self.dead, on_items), cfg["checkpoint_s"]),
-            (self.learner, self.config["recommend"]["checkpoint_seconds"]),
         ]
+        if isinstance(self.learner, LearnerProjection):
+            projections.append((self.learner, self.config["recommend"]["checkpoint_seconds"]))
         if self.profiles is not None:
             projections.append((ProfileProjection(self.store, self.writer, self.profiles,
                                                   self.dead), cfg["checkpoint_s"]))
         self.runners = {p.name: ProjectionRunner(p, self.log, self.dead, batch=cfg["batch"],
                                                  max_ahead=cfg["max_ahead"], checkpoint_s=every)
                         for p, every in projections}
+        if isinstance(self.learner, LearnerProcess):
+            self.runners["learner"] = self.learner.start()
         if on_items is not None:
             on_items(list(self.catalog.ids))
         for runner in self.runners.values():
-            runner.start()
+            if runner is not self.learner:
+                runner.start()
 
     # ------------------------------------------------------------ ingest
 
@@ -273,7 +289,9 @@ class Service:
                        "failed": self.writer.failed_commits, "queue": self.writer.depth(),
                        "pending_events": self.writer.pending_events()},
             "latency": self.metrics.latencies(),
-            "recommender": self.recommender.stats(),
+            "recommender": (self.learner.recommender_stats()
+                            if isinstance(self.learner, LearnerProcess)
+                            else self.recommender.stats()),
             "threads": threading.active_count(),
             "rss_mb": psutil.Process().memory_info().rss / 2**20,
             "inference": self._inference_stats(),
@@ -317,7 +335,7 @@ class Service:
         self.reader.stop()
         self.users.stop_all(max(0.1, deadline - time.monotonic()))
         self._sweeper.join(1.0)
-        if self.learner.recommender.gseq > self.learner.recommender.base_gseq:
+        if isinstance(self.learner, LearnerProjection):
             try:
                 self.learner.save_position(self.runners["learner"].position)
             except (OSError, InterestError) as exc:

@@ -1,0 +1,390 @@
+"""The model learner in a process of its own (``[projections] learner = "process"``).
+
+Learning costs more CPU per event than anything else in the service, and in
+one process it competes with the read path for Python's GIL. Here it gets a
+core of its own, as ARCHITECTURE.md asks ("work that needs its own core runs
+in its own process; LMDB serves many reader processes beside one writer"):
+
+* The child process opens the same LMDB environment read-only (no lock: the
+  service holds it), reads the committed log by position, keeps its own
+  catalog, learns, checkpoints the models (its durable position) and, at most
+  every ``publish_ms`` and never more than a fifth of its time, sends a
+  snapshot: the immutable ``Models`` (numpy arrays; the live references, the
+  catalog, the fusion weights and the served-list sink, are left out) plus the
+  fusion weights that changed since the last one.
+* The parent (``LearnerProcess``, on the service's side) swaps the snapshot in
+  as ``models`` (re-attached to its own catalog, fusion object and sink), moves
+  its ``position`` and fires the waiters, like a ``ProjectionRunner``. What the
+  read path serves (user, query, seen items) and item vectors from the
+  language model go to the child in batches.
+
+The two processes talk over a ``multiprocessing`` pipe between this service's
+own processes (pickle, which is never used on the service's sockets).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import multiprocessing as mp
+import pickle
+import threading
+import time
+from pathlib import Path
+
+from engine.journal.codec import CATALOG_STREAM
+from engine.journal.events import PROFILE_TYPE
+from engine.projections.log import CommittedLog
+from engine.projections.runner import DeadLetters, _safe, _Waiters
+
+logger = logging.getLogger(__name__)
+
+#: the served-list and item-vector batches the parent sends at most this often
+SEND_S = 0.05
+
+
+def detach(models):
+    """A copy of ``models`` without its live references (they do not cross processes)."""
+    out = copy.copy(models)
+    out.fusion = out.catalog = out.served = None
+    return out
+
+
+def fusion_delta(fusion, users) -> dict:
+    with fusion._lock:  # noqa: SLF001 - a consistent copy of what changed
+        return {"segments": {s: dict(w) for s, w in fusion.segments.items()},
+                "updates": dict(fusion.updates),
+                "users": {u: dict(fusion.users[u]) for u in users if u in fusion.users}}
+
+
+def apply_fusion_delta(fusion, delta: dict) -> None:
+    with fusion._lock:  # noqa: SLF001
+        fusion.segments.update(delta["segments"])
+        fusion.updates = delta["updates"]
+        for user, factors in delta["users"].items():
+            fusion.users[user] = factors
+            fusion.users.move_to_end(user)
+        while len(fusion.users) > fusion.max_users:
+            fusion.users.popitem(last=False)
+
+
+# ----------------------------------------------------------------- parent
+
+
+class LearnerProcess:
+    """The service's side of the learner process; quacks like a ``ProjectionRunner``."""
+
+    name = "learner"
+
+    def __init__(self, recommender, config: dict, data_dir: Path, log: CommittedLog,
+                 dead: DeadLetters):
+        self.recommender = recommender           # loaded from the checkpoint by the service
+        self.catalog = recommender.catalog
+        self.fusion = recommender.fusion
+        self.log = log
+        self.dead = dead
+        self.projection = self
+        self.models = self._attach(recommender.learner.publish())
+        self.position = self.saved = recommender.gseq
+        self._lock = threading.Lock()
+        self._waiters = _Waiters()
+        self._outbox: list = []
+        self._stopped = threading.Event()
+        self._closing = False
+        self.publishes = 0
+        self.restarts = 0
+        self.child_stats: dict = {}
+        self._config, self._data_dir = config, str(data_dir)
+        self._send_lock = threading.Lock()
+        self._conn = self._proc = None
+        self._threads = [threading.Thread(target=self._receive, name="learner-in", daemon=True),
+                         threading.Thread(target=self._send_loop, name="learner-out",
+                                          daemon=True)]
+
+    def start(self) -> "LearnerProcess":
+        self._spawn()
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _spawn(self) -> None:
+        """Start a learner process; it resumes from the last model checkpoint."""
+        ctx = mp.get_context("spawn")
+        conn, child = ctx.Pipe()
+        proc = ctx.Process(target=run_child, name="interest-learner",
+                           args=(child, self._config, self._data_dir), daemon=True)
+        proc.start()
+        child.close()
+        with self._send_lock:
+            self._conn, self._proc = conn, proc
+
+    def _attach(self, models):
+        models.catalog, models.fusion, models.served = self.catalog, self.fusion, self._served
+        return models
+
+    # ------------------------------------------------ what the service calls
+
+    def _served(self, *args) -> None:
+        """Read path: remember what was served (sent to the child in batches)."""
+        self._outbox.append(("served", args))      # list.append is atomic
+
+    def set_item_vector(self, item: str, vector) -> None:
+        self._outbox.append(("vector", (item, vector)))
+
+    def when_at(self, position: int, callback) -> None:
+        with self._lock:
+            if self.position < position:
+                if not self._stopped.is_set():
+                    self._waiters.add(position, callback)
+                    return
+                applied = False
+            else:
+                applied = True
+        callback(applied)
+
+    def lag(self) -> dict:
+        out = self.log.lag(self.position)
+        out["saved_position"] = self.saved
+        return out
+
+    def stats(self) -> dict:
+        out = {k: v for k, v in self.child_stats.items() if k != "recommender"}
+        return {"process": self._proc.pid, "alive": self._proc.is_alive(),
+                "publishes": self.publishes, "restarts": self.restarts, **out}
+
+    def recommender_stats(self) -> dict:
+        """The models' own statistics, as of the last snapshot the child sent."""
+        return self.child_stats.get("recommender") or self.recommender.stats()
+
+    def drain(self, timeout: float) -> bool:
+        target = self.log.head
+        done = threading.Event()
+        self.when_at(target, lambda _applied: done.set())
+        return done.wait(timeout) and self.position >= target
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the child to checkpoint and exit; release every waiter."""
+        if not self._stopped.is_set() and self._proc is not None:
+            self._closing = True
+            self._flush_outbox()
+            self._send(("stop", None))
+            self._proc.join(timeout)
+            if self._proc.is_alive():
+                logger.error("the learner process did not stop within %.0f s; killing it",
+                             timeout)
+                self._proc.kill()
+                self._proc.join(2)
+        self._stopped.set()
+        with self._lock:
+            callbacks = self._waiters.pop_all()
+        for callback in callbacks:
+            _safe(callback, False)
+        if self._conn is not None:
+            self._conn.close()
+
+    # ----------------------------------------------------------- channel
+
+    def _send(self, message) -> None:
+        with self._send_lock:
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError):
+                pass                                # the child is gone: stop() reports it
+
+    def _flush_outbox(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if batch:
+            self._send(("batch", batch))
+
+    def _send_loop(self) -> None:
+        while not self._stopped.wait(SEND_S):
+            self._flush_outbox()
+
+    def _receive(self) -> None:
+        """Snapshots from the child; a child that dies is started again (it resumes from
+        its checkpoint; until then the last snapshot keeps serving)."""
+        while True:
+            try:
+                kind, payload = self._conn.recv()
+            except (EOFError, OSError):
+                if self._closing:
+                    return
+                self.restarts += 1
+                logger.error("the learner process ended (exit code %s); starting it again, "
+                             "the models stay as they were meanwhile", self._proc.exitcode)
+                self._proc.join(1)
+                if self._closing or self._stopped.wait(min(30.0, float(self.restarts))):
+                    return
+                self._spawn()
+                continue
+            try:
+                self._on_message(kind, payload)
+            except Exception:  # noqa: BLE001
+                logger.exception("could not use the learner process's %s", kind)
+
+    def _on_message(self, kind: str, payload) -> None:
+        if kind == "models":
+            position, data, delta, stats = payload
+            models = self._attach(pickle.loads(data))  # noqa: S301 - our own child process
+            apply_fusion_delta(self.fusion, delta)
+            self.models = models
+            self.publishes += 1
+            self.child_stats = stats
+            self._advance(position)
+        elif kind == "saved":
+            self.saved = payload
+        elif kind == "dead":
+            self.dead.record_letter(*payload)
+
+    def _advance(self, position: int) -> None:
+        with self._lock:
+            self.position = max(self.position, position)
+            callbacks = self._waiters.pop_until(self.position)
+        for callback in callbacks:
+            _safe(callback, True)
+
+
+# ------------------------------------------------------------------ child
+
+
+def run_child(conn, config: dict, data_dir: str) -> None:
+    """The learner process: learn from the log, publish snapshots, checkpoint, until told."""
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s learner: %(message)s")
+    try:
+        _Child(conn, config, Path(data_dir)).run()
+    except _ParentGone:
+        pass                      # the service died (kill -9): exit without a checkpoint
+    except Exception:  # noqa: BLE001
+        logger.exception("the learner process failed")
+    finally:
+        conn.close()
+
+
+class _ParentGone(Exception):
+    """The service's end of the pipe is closed."""
+
+
+class _Child:
+    def __init__(self, conn, config: dict, data_dir: Path):
+        from engine.journal.store import LmdbStore  # noqa: PLC0415
+        from engine.projections.catalog import Catalog  # noqa: PLC0415
+        from engine.projections.state import FoldParams  # noqa: PLC0415
+        from engine.recommend import Recommender, model_path  # noqa: PLC0415
+        cfg, rec_cfg = config["store"], config["recommend"]
+        self.conn = conn
+        self.store = LmdbStore(data_dir / "journal", map_size_mb=cfg["map_size_mb"],
+                               max_map_size_mb=cfg["max_map_size_mb"], sync=False)
+        self.catalog = Catalog()
+        self.catalog_from = self.store.head()
+        for item, record in self.store.items():
+            self.catalog.put_item(item, record)
+        for user, attrs in self.store.all_user_attrs():
+            self.catalog.put_user_attrs(user, attrs)
+        self.path = model_path(data_dir)
+        params = FoldParams.from_config(config)
+        self.rec = self._load(lambda: Recommender(
+            self.catalog, params, rec_cfg["popularity_half_life_s"],
+            feedback_every=rec_cfg["feedback_every"], max_histories=rec_cfg["max_histories"]))
+        self.position = self.rec.gseq
+        self.publish_s = config["projections"]["publish_ms"] / 1000
+        self.checkpoint_s = rec_cfg["checkpoint_seconds"]
+        self.changed_users: set = set()
+        self._track_fusion()
+        self.publish_ms = 0.0
+
+    def _load(self, fresh):
+        """The checkpointed models, or fresh ones where the service discarded them too."""
+        rec = fresh()
+        try:
+            rec.load(self.path)
+        except Exception:  # noqa: BLE001 - the service logged why and starts afresh as well
+            return fresh()
+        return fresh() if rec.gseq > self.store.head() else rec
+
+    def _track_fusion(self) -> None:
+        fusion = self.rec.fusion
+        credit = fusion.credit
+
+        def tracked(user, segment, rewards):
+            credit(user, segment, rewards)
+            if user is not None:
+                self.changed_users.add(user)
+        fusion.credit = tracked
+
+    def run(self) -> None:
+        published_at = saved_at = time.monotonic()
+        learned = 0
+        while True:
+            if not self._inbox():
+                break
+            entries = list(itertools.islice(self.store.read_all(after_gseq=self.position), 2000))
+            for entry in entries:
+                self._learn(entry)
+            if entries:
+                self.position = entries[-1].gseq
+                learned += len(entries)
+            now = time.monotonic()
+            spacing = max(self.publish_s, self.publish_ms / 250)
+            if (learned or self.rec.learner.changed()) and \
+                    (now - published_at >= spacing or not entries):
+                self._publish()
+                published_at, learned = time.monotonic(), 0
+            if now - saved_at >= self.checkpoint_s:
+                self._checkpoint()
+                saved_at = now
+            if not entries:
+                time.sleep(0.002)
+        self._publish()
+        self._checkpoint()
+
+    def _inbox(self) -> bool:
+        """Handle what the parent sent; False once told to stop or the parent is gone."""
+        while self.conn.poll():
+            try:
+                kind, payload = self.conn.recv()
+            except (EOFError, OSError):
+                raise _ParentGone from None
+            if kind == "stop":
+                return False
+            for what, args in payload:
+                if what == "served":
+                    self.rec.learner.served(*args)
+                elif what == "vector":
+                    self.rec.learner.set_item_vector(*args)
+        return True
+
+    def _learn(self, entry) -> None:
+        try:
+            if entry.stream == CATALOG_STREAM:
+                if entry.gseq > self.catalog_from:
+                    event = entry.event
+                    if event["type"] == "item":
+                        self.catalog.put_item(event["item"], event)
+                    elif event["type"] == "user_attrs":
+                        self.catalog.put_user_attrs(event["user"], event["attrs"])
+            elif entry.event["type"] != PROFILE_TYPE:
+                self.rec.learner.observe(entry)
+        except Exception as exc:  # noqa: BLE001 - dead-lettered by the parent
+            text = f"{type(exc).__name__}: {exc}"[:1000]
+            self.conn.send(("dead", (entry.gseq, entry.stream, "learner", text)))
+
+    def _publish(self) -> None:
+        t0 = time.perf_counter()
+        models = self.rec.learner.publish()
+        data = pickle.dumps(detach(models), protocol=pickle.HIGHEST_PROTOCOL)
+        delta = fusion_delta(self.rec.fusion, self.changed_users)
+        self.changed_users = set()
+        self.publish_ms = (time.perf_counter() - t0) * 1000
+        stats = {"last_publish_ms": round(self.publish_ms, 2), "snapshot_bytes": len(data),
+                 "recommender": self.rec.stats()}
+        self.conn.send(("models", (self.position, data, delta, stats)))
+
+    def _checkpoint(self) -> None:
+        if self.rec.gseq > self.rec.base_gseq:
+            try:
+                self.rec.save(self.path)
+                self.conn.send(("saved", self.rec.gseq))
+            except OSError as exc:
+                logger.error("could not save the model checkpoint: %s", exc)

@@ -1,0 +1,82 @@
+"""The model learner in a process of its own: snapshots cross over, waiters fire,
+the checkpoint is its durable position, and a learner that dies is started again."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from engine.config import load_config
+from engine.recommend import model_path
+from engine.serving.client import Client
+from engine.serving.server import Server
+from tests.conftest import RANDOM_PORT, event, item_event, learned, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def config():
+    return load_config(store={"sync": False}, inference={"enabled": False},
+                       projections={"learner": "process", "publish_ms": 50.0})
+
+
+def history():
+    items = [item_event(f"m{i}", ["Drama" if i % 2 else "Comedy"]) for i in range(6)]
+    # everyone goes m0 -> m1 -> m2: the sequential model learns what follows m0
+    events = [event(f"e{u}-{n}", user=f"u{u}", item=f"m{n}", ts=100.0 + 10 * u + n)
+              for u in range(8) for n in range(3)]
+    return items + events
+
+
+def test_the_process_learns_and_the_service_serves_its_snapshots(config, tmp_path, context):
+    with Server(config, tmp_path / "data", ingest=RANDOM_PORT, api=RANDOM_PORT) as server:
+        client = Client(server.api, context=context)
+        client.call("ingest", events=history())
+        learned(client)
+        stats = client.call("stats")
+        learner = stats["projections"]["learner"]
+        assert learner["alive"] and learner["process"] != os.getpid()
+        assert learner["publishes"] >= 1 and learner["position"] == stats["head"]
+        assert stats["recommender"]["gseq"] == stats["head"]
+        client.call("ingest", events=[event("new", user="fresh", item="m0", ts=500.0)])
+        learned(client)
+        rec = client.call("recommend", user="fresh", k=2)
+        assert rec["items"][0]["item"] == "m1"                  # what follows m0
+        assert rec["items"][0]["sources"]["sequential"] > 0
+        client.close()
+
+
+def test_its_checkpoint_is_where_a_restart_resumes(config, tmp_path, context):
+    data = tmp_path / "data"
+    with Server(config, data, ingest=RANDOM_PORT, api=RANDOM_PORT) as server:
+        client = Client(server.api, context=context)
+        client.call("ingest", events=history())
+        learned(client)
+        head = client.call("stats")["head"]
+        client.close()
+    assert model_path(data).exists()                          # saved by the child at stop
+    with Server(config, data, ingest=RANDOM_PORT, api=RANDOM_PORT) as server:
+        assert server.service.recommender.base_gseq == head    # nothing learned twice
+        client = Client(server.api, context=context)
+        assert client.call("stats")["projections"]["learner"]["position"] == head
+        client.close()
+
+
+def test_a_learner_process_that_dies_is_started_again(config, tmp_path, context):
+    with Server(config, tmp_path / "data", ingest=RANDOM_PORT, api=RANDOM_PORT) as server:
+        client = Client(server.api, context=context)
+        client.call("ingest", events=history())
+        learned(client)
+        first = client.call("stats")["projections"]["learner"]["process"]
+        os.kill(first, signal.SIGKILL)
+        assert client.call("recommend", user="u1")["items"]     # the last snapshot serves
+        client.call("ingest", events=[event("after", user="u1", item="m3", ts=900.0)])
+        wait_for(lambda: client.call("stats")["projections"]["learner"]["process"] != first,
+                 timeout=15, reason="a new learner process")
+        learned(client, timeout=30)
+        stats = client.call("stats")["projections"]["learner"]
+        assert stats["restarts"] == 1 and stats["alive"]
+        client.close()
