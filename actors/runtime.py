@@ -236,24 +236,24 @@ class ActorDirectory:
         self._live[key] = slot
         return slot[0]
 
-    def _evict_over_cap(self, keep: str, tries: int = 8) -> None:
-        """Keep ``max_live`` a hard cap: passivate the least recently used idle actors
-        (those with an empty inbox; a busy one is left for the next try), never ``keep``
-        (the actor a message is about to be told to)."""
+    def _evict_over_cap(self, keep: str) -> None:
+        """Keep ``max_live`` a hard cap: passivate the least recently used actors, never
+        ``keep`` (the actor a message is about to be told to). A busy one gets its stop
+        behind the messages it already has, so it folds them, snapshots and ends; a new
+        message for its key activates a fresh actor (from the store), so nothing is lost
+        and nothing is applied twice (actors skip entries they already hold)."""
         excess = len(self._live) - self._max_live
         if excess <= 0:
             return
-        for key in list(itertools.islice(self._live, tries)):
+        for key in list(itertools.islice(self._live, excess + 1)):
+            if excess <= 0:
+                return
             if key == keep:
                 continue
-            ref = self._live[key][0]
-            if ref.actor_inbox.empty():
-                del self._live[key]
-                self._stop(ref)
-                self.passivations += 1
-                excess -= 1
-                if excess <= 0:
-                    return
+            ref = self._live.pop(key)[0]
+            self._stop(ref)
+            self.passivations += 1
+            excess -= 1
 
     def peek(self, key: str):
         """The live actor object for ``key`` or None; never activates (any thread)."""

@@ -106,3 +106,35 @@ def test_directory_activates_passivates_and_reactivates(dispatcher):
         assert directory.activations == 4 and directory.passivations == 3
     finally:
         directory.stop_all(timeout=5)
+
+
+class Slow(PooledActor):
+    """Holds each message until ``gate`` opens, then records it."""
+
+    def __init__(self, key, gate, handled):
+        super().__init__()
+        self.key, self.gate, self.handled = key, gate, handled
+
+    def on_receive(self, message):
+        """Runs on a dispatcher worker."""
+        self.gate.wait(5)
+        self.handled.append((self.key, message))
+
+
+def test_max_live_is_a_hard_cap_even_when_every_actor_is_busy(dispatcher):
+    gate, handled = threading.Event(), []
+    directory = ActorDirectory(lambda key: Slow.spawn(dispatcher, key, gate, handled),
+                               idle_seconds=60, max_live=3)
+    try:
+        for n in range(40):
+            directory.tell(f"k{n % 10}", n)
+            assert len(directory) <= 3
+        gate.set()
+        deadline = time.monotonic() + 10
+        while len(handled) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(n for _, n in handled) == list(range(40))   # every message, once
+        assert all(key == f"k{n % 10}" for key, n in handled)
+    finally:
+        gate.set()
+        directory.stop_all(timeout=5)

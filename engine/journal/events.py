@@ -204,8 +204,13 @@ def _path(trail: tuple) -> str:
     return _short("".join(reversed(parts)))
 
 
+_SCALARS = (str, int, float, bool)
+
+
 def _plain(key: str, value: Any, limits: dict) -> None:
-    """Nested content: string map keys, finite floats, bounded depth (names the path).
+    """Nested content: JSON-shaped values only (maps with string keys, lists, strings,
+    numbers, booleans, null: no bytes or msgpack extension types, so every stored event
+    exports as JSON lines), finite floats, bounded depth (names the path).
 
     Paths are linked (part, parent) pairs, joined only for an error message, so a
     wide map under a long key costs no more than the map itself.
@@ -216,6 +221,10 @@ def _plain(key: str, value: Any, limits: dict) -> None:
         if isinstance(node, float) and not math.isfinite(node):
             raise ValidationError(f"field '{_path(trail)}' must be finite, got {node}")
         if not isinstance(node, (dict, list, tuple)):
+            if node is not None and not isinstance(node, _SCALARS):
+                raise ValidationError(
+                    f"field '{_path(trail)}' holds a {type(node).__name__}; values must be "
+                    "strings, numbers, booleans, null, lists or maps")
             continue
         if depth >= limits["max_nesting"]:
             raise ValidationError(f"field '{_short(key)}' is nested deeper than "

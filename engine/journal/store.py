@@ -54,8 +54,10 @@ from engine.errors import DiskFull, InterestError, StoreError, StoreFull
 from engine.journal.codec import (CATALOG_STREAM, SNAPSHOT_MAGIC, StoredEvent, decode_snapshot,
                                   encode_snapshot, snapshot_seq)
 from engine.journal.lock import DataDirLock
+from engine.logs import RateLimitedLog
 
 logger = logging.getLogger(__name__)
+_warn = RateLimitedLog(logger)
 
 APPENDED = "appended"
 DUPLICATE = "duplicate"
@@ -220,8 +222,8 @@ class Store(ABC):
         except StoreError as exc:
             with _count_lock:
                 self.corrupt_snapshots += 1
-            logger.warning("snapshot of stream %r is unusable (%s); rebuilding it from the "
-                           "journal", stream, exc)
+            _warn.warning("snapshot of stream %r is unusable (%s); rebuilding it from the "
+                          "journal", stream, exc)
             return None
 
     @abstractmethod

@@ -33,7 +33,7 @@ import zmq
 
 from engine.errors import BadRequest, DeadlineExceeded, InterestError, Overloaded
 from engine.journal.codec import decode_frame, encode_frame
-from engine.serving.logs import RateLimitedLog
+from engine.logs import RateLimitedLog
 from engine.serving.metrics import op_key
 from engine.serving.requests import Flush, Interests, Recommend, Request, parse_request
 
@@ -129,7 +129,7 @@ class Gateway:
         if self._stop.is_set():
             return                        # the socket is (being) closed: the reply is dropped
         if threading.current_thread() is self._thread:
-            self._api.send_multipart(frames)
+            self._deliver(frames)
             return
         sock = getattr(self._local, "push", None)
         if sock is None:
@@ -156,7 +156,8 @@ class Gateway:
         self._outbox = self.ctx.socket(zmq.PULL)
         for sock in (self._api, self._outbox):
             sock.setsockopt(zmq.LINGER, 0)
-        self._api.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self._api.setsockopt(zmq.ROUTER_MANDATORY, 1)      # full or gone: told, not silent
+        self._api.setsockopt(zmq.SNDHWM, self.limits["max_inflight_requests"])
         # up to 4x the limit is read and answered `bad_request`; beyond, ZeroMQ drops the peer
         self._api.setsockopt(zmq.MAXMSGSIZE, 4 * self.limits["max_message_bytes"])
         if self.secure is not None:
@@ -203,7 +204,21 @@ class Gateway:
                 frames = self._outbox.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._api.send_multipart(frames)
+            self._deliver(frames)
+
+    def _deliver(self, frames: list) -> None:
+        """Gateway thread: send one reply. A client that does not read its replies can
+        have ``max_inflight_requests`` of them queued; past that (or once it is gone) a
+        reply is dropped and counted, never blocking the gateway or growing memory."""
+        try:
+            self._api.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            self.service.metrics.add("replies_dropped")
+            self.warn.warning("api: a client is not reading its replies; a reply was dropped")
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.service.metrics.add("replies_undeliverable")    # the client has gone
 
     def _drain_api(self, budget: int = 256) -> None:
         for _ in range(budget):

@@ -23,7 +23,7 @@ import zmq
 
 from engine.errors import BadRequest
 from engine.journal.codec import decode_frame
-from engine.serving.logs import RateLimitedLog
+from engine.logs import RateLimitedLog
 from engine.serving.requests import parse_batch
 
 logger = logging.getLogger(__name__)
