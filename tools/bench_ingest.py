@@ -81,17 +81,37 @@ def raw_floor(n_events: int, n_users: int, n_items: int, batch: int, limits: dic
 
 
 class PeakSampler(threading.Thread):
+    """Peak memory and threads of the service: this process plus the service's own
+    processes (the model learner), counted once each; not the publisher."""
+
     def __init__(self):
         super().__init__(daemon=True)
         self.proc = psutil.Process()
+        self.service_pids = lambda: []
         self.peak_rss = 0
         self.peak_threads = 0
         self.stop = threading.Event()
 
+    def _processes(self) -> list:
+        out = [self.proc]
+        for pid in self.service_pids():
+            try:
+                out.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
     def run(self):
         while not self.stop.wait(0.05):
-            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
-            self.peak_threads = max(self.peak_threads, self.proc.num_threads())
+            rss = threads = 0
+            for proc in self._processes():
+                try:
+                    rss += proc.memory_info().rss
+                    threads += proc.num_threads()
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak_rss = max(self.peak_rss, rss)
+            self.peak_threads = max(self.peak_threads, threads)
 
 
 def probe_latencies(server, n_probes: int, stop: threading.Event) -> list[float]:
@@ -113,6 +133,11 @@ def probe_latencies(server, n_probes: int, stop: threading.Event) -> list[float]
     return out
 
 
+def _service_children(server) -> list[int]:
+    proc = getattr(server.service.learner, "_proc", None)
+    return [proc.pid] if proc is not None and proc.pid else []
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -130,6 +155,7 @@ def run(args) -> dict:
     sampler.start()
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(config, tmp, ingest="tcp://127.0.0.1:*", api="tcp://127.0.0.1:*")
+        sampler.service_pids = lambda: _service_children(server)
         try:
             with Client(server.api, timeout=120) as client:
                 client.call("ingest", events=catalog_events(args.items))
