@@ -103,6 +103,39 @@ class PooledInbox:
             return False
 
 
+class StopFlag:
+    """The part of ``threading.Event`` pykka uses for ``actor_stopped`` (``set``,
+    ``is_set``, ``wait``), without building a Condition per actor: actors are
+    activated by the hundred thousand, and most are never waited for."""
+
+    __slots__ = ("_flag", "_event")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: threading.Event | None = None
+
+    _lock = threading.Lock()         # one for all flags: only set() and wait() take it
+
+    def set(self) -> None:
+        with self._lock:
+            self._flag = True
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._lock:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._flag:
+                    self._event.set()
+            event = self._event
+        return event.wait(timeout)
+
+
 class PooledActor(pykka.Actor):
     """A pykka actor whose messages run on a shared ``Dispatcher``.
 
@@ -118,7 +151,7 @@ class PooledActor(pykka.Actor):
         instead of a random UUID (activations are frequent here)."""
         self.actor_urn = f"urn:pooled:{next(_URNS)}"
         self.actor_inbox = self._create_actor_inbox()
-        self.actor_stopped = threading.Event()
+        self.actor_stopped = StopFlag()
         self._actor_ref = pykka.ActorRef(self)
 
     @staticmethod
