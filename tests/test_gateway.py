@@ -177,3 +177,10 @@ def test_unknown_items_are_reported_not_ranked(client):
     with pytest.raises(RequestError) as err:
         client.call("explain", user="u1", item="zz")
     assert err.value.code == "not_found" and "'zz' is not in the catalog" in str(err.value)
+
+
+def test_an_ingest_frame_past_four_times_the_limit_is_counted(client, publisher):
+    publisher.send_raw(b"\x00" * (5 * 1024 * 1024))       # ZeroMQ drops this producer
+    wait_for(lambda: client.call("stats")["counters"].get("ingest_disconnects", 0) == 1,
+             reason="the disconnect counted")
+    assert client.call("ping")["version"] == 1

@@ -10,7 +10,8 @@ queues and producers block at the high-water mark. The PULL queue is
 bounded in bytes as well as messages: ``RCVHWM`` is ``ingest_queue_bytes``
 divided by the largest frame read (4x ``max_message_bytes``: up to that a
 frame is read, counted and rejected; a larger one makes ZeroMQ drop the
-peer, ``MAXMSGSIZE``, before any of it is buffered).
+peer, ``MAXMSGSIZE``, before any of it is buffered, which a socket monitor
+counts as ``ingest_disconnects``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class IngestLoop:
             self.secure(self._pull)
         self._pull.bind(self.address)
         self.bound = self._pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        # ZeroMQ refuses a frame over MAXMSGSIZE by disconnecting its producer, unseen by
+        # the loop: the monitor makes it count (ingest_disconnects)
+        self._monitor = self._pull.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._subs = []
         for feed in self.feeds:
             sub = self.ctx.socket(zmq.SUB)
@@ -88,7 +92,7 @@ class IngestLoop:
             return
         self._ready.set()
         poller = zmq.Poller()
-        for sock in (self._pull, *self._subs):
+        for sock in (self._pull, self._monitor, *self._subs):
             poller.register(sock, zmq.POLLIN)
         try:
             while not self._stop.is_set():
@@ -98,14 +102,28 @@ class IngestLoop:
                     time.sleep(0.002)
                     continue
                 for sock in dict(poller.poll(50)):
-                    self._drain(sock)
+                    if sock is self._monitor:
+                        self._disconnects()
+                    else:
+                        self._drain(sock)
         except Exception as exc:  # noqa: BLE001 - the loop cannot go on: let a supervisor restart
             logger.exception("the ingest loop failed")
             if self.on_fatal is not None:
                 self.on_fatal(exc)
         finally:
-            for sock in (self._pull, *self._subs):
+            self._pull.disable_monitor()
+            for sock in (self._pull, self._monitor, *self._subs):
                 sock.close(linger=0)
+
+    def _disconnects(self) -> None:
+        while True:
+            try:
+                self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.metrics.add("ingest_disconnects")
+            self.warn.warning("ingest: a producer was disconnected (it went away, or sent a "
+                              "frame over 4x limits.max_message_bytes)")
 
     def _drain(self, sock, budget: int = 512) -> None:
         events = []
