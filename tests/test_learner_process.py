@@ -80,3 +80,38 @@ def test_a_learner_process_that_dies_is_started_again(config, tmp_path, context)
         stats = client.call("stats")["projections"]["learner"]
         assert stats["restarts"] == 1 and stats["alive"]
         client.close()
+
+
+def test_snapshots_cross_over_sharing_the_arrays_already_sent():
+    from engine.journal.codec import StoredEvent
+    from engine.projections.catalog import Catalog
+    from engine.projections.learner_process import Receiver, Shipper, detach
+    from engine.projections.state import FoldParams, replay
+    from engine.recommend import Recommender
+    params = FoldParams.from_config(load_config())
+    catalog = Catalog()
+    for wire in history()[:6]:
+        catalog.put_item(wire["item"], wire)
+    rec = Recommender(catalog, params)
+    entries = [StoredEvent(stream=w["user"], seq=n + 1, gseq=i + 1, recorded_at=0.0, event=w)
+               for i, (n, w) in enumerate((int(w["id"].split("-")[1]), w)
+                                          for w in history()[6:])]
+    shipper, receiver = Shipper(min_bytes=0), Receiver()
+
+    def ship():
+        models = rec.learner.publish()
+        data, new, live = shipper.pack(detach(models))
+        got = receiver.unpack(data, new, live)
+        got.catalog, got.fusion, got.served = models.catalog, models.fusion, None
+        return models, got, new
+    for entry in entries[:12]:
+        rec.learner.observe(entry)
+    first, got, new_first = ship()
+    rec.learner.observe(entries[12])                          # one more event
+    second, got2, new_second = ship()
+    assert 0 < len(new_second) < len(new_first)               # only what changed travels
+    assert set(receiver.arrays) == set(shipper.sent[k][0] for k in shipper.sent)
+    state = replay("u4", [e for e in entries[:13] if e.stream == "u4"], params)
+    for original, copy in ((first, got), (second, got2)):
+        want = original.recommend(state, k=5, remember=False)
+        assert copy.recommend(state, k=5, remember=False) == want

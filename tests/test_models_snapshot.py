@@ -181,16 +181,16 @@ def test_credit_rewards_equal_the_dict_reference():
     depth = learner.fusion.reward_depth
     for state in with_profiles(fold(entries), rng)[2:]:
         q, _ = models.query(state, True)
-        raw = models.scores(q)
+        raw = Scored(models.scores(q), models.n).compact()
         want_raw = ref_scores(learner, q, None, True)
         seen = models.positions(state.seen)
         unseen = np.ones(len(learner.index), dtype=bool)
         unseen[seen] = False
         for item in ["i0", "i3", "i12", "i33", "nope", *sorted(state.seen)[:3]]:
-            got = rewards_of(Scored(raw, models.n).compact(), learner.index.pos.get(item), unseen, depth)
+            got = rewards_of(raw, learner.index.pos.get(item), unseen, depth)
             assert got == ref_rewards(want_raw, item, state.seen, depth)
-        assert rewards_of(Scored(raw, models.n).compact(), 0, unseen, 2) == ref_rewards(want_raw, learner.index.ids[0],
-                                                                     state.seen, 2)
+        first = learner.index.ids[0]           # a shallow depth: ranks past it reward 0
+        assert rewards_of(raw, 0, unseen, 2) == ref_rewards(want_raw, first, state.seen, 2)
 
 
 # ---------------------------------------------------------- incremental

@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.config)
     rec = Recommender(Catalog(), FoldParams.from_config(config),
-                      config["recommend"]["popularity_half_life_s"])
+                      config["recommend"]["popularity_half_life_s"],
+                      feedback_every=config["recommend"]["feedback_every"],
+                      max_histories=config["recommend"]["max_histories"])
     t0 = time.time()
     try:
         if args.data:

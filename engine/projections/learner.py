@@ -40,7 +40,12 @@ class LearnerProjection(Projection):
         self._published_at = time.monotonic()
         self.publishes = 0
         self.publish_ms = 0.0
-        self.models = recommender.learner.publish()
+        recommender.learner.publish()
+
+    @property
+    def models(self):
+        """The newest snapshot (the learner may also publish on its own while observing)."""
+        return self.recommender.learner.models
 
     def start_position(self) -> int:
         return self.recommender.gseq
@@ -66,7 +71,7 @@ class LearnerProjection(Projection):
 
     def publish(self) -> None:
         t0 = time.perf_counter()
-        self.models = self.recommender.learner.publish()
+        self.recommender.learner.publish()
         self.publish_ms = (time.perf_counter() - t0) * 1000
         self.publishes += 1
         self._published_at = time.monotonic()

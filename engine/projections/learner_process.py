@@ -25,6 +25,7 @@ own processes (pickle, which is never used on the service's sockets).
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import logging
 import multiprocessing as mp
@@ -32,6 +33,8 @@ import pickle
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 from engine.journal.codec import CATALOG_STREAM
 from engine.journal.events import PROFILE_TYPE
@@ -69,6 +72,75 @@ def apply_fusion_delta(fusion, delta: dict) -> None:
             fusion.users.popitem(last=False)
 
 
+# ------------------------------------------------------- structural sharing
+
+
+class Shipper:
+    """Child side: pickles a snapshot, sending each read-only numpy array once.
+
+    A snapshot shares every unchanged array (a neighbour row, a popularity
+    vector) with the one before, and a read-only array never changes, so an
+    array already sent goes as a reference (pickle's persistent id) and only
+    new arrays travel. ``live`` lists the ids the snapshot uses, so both sides
+    forget the arrays no snapshot needs any more.
+    """
+
+    def __init__(self, min_bytes: int = 256):
+        self.min_bytes = min_bytes       # smaller arrays are cheaper inline
+        self.sent: dict[int, tuple[int, np.ndarray]] = {}   # id(array) -> (pid, array)
+        self._pids = itertools.count(1)
+
+    def pack(self, obj) -> tuple[bytes, dict, list]:
+        buf = io.BytesIO()
+        pickler = _SharingPickler(buf, self)
+        pickler.dump(obj)
+        self.sent = {id(a): (pid, a) for pid, a in pickler.used.items()}
+        return buf.getvalue(), pickler.new, list(pickler.used)
+
+
+class _SharingPickler(pickle.Pickler):
+    def __init__(self, file, shipper: Shipper):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.shipper = shipper
+        self.used: dict[int, np.ndarray] = {}    # pid -> array, every array referenced
+        self.new: dict[int, np.ndarray] = {}     # pid -> array, those not sent before
+
+    def persistent_id(self, obj):
+        if type(obj) is not np.ndarray or obj.flags.writeable \
+                or obj.nbytes < self.shipper.min_bytes:
+            return None
+        hit = self.shipper.sent.get(id(obj))
+        if hit is not None and hit[1] is obj:
+            pid = hit[0]
+        else:
+            pid = next(self.shipper._pids)  # noqa: SLF001
+            self.new[pid] = obj
+        self.used[pid] = obj
+        return pid
+
+
+class Receiver:
+    """Parent side: the arrays received so far, by id, and the unpickling that uses them."""
+
+    def __init__(self):
+        self.arrays: dict[int, np.ndarray] = {}
+
+    def unpack(self, data: bytes, new: dict, live: list):
+        self.arrays.update(new)
+        models = _SharingUnpickler(io.BytesIO(data), self.arrays).load()
+        self.arrays = {pid: self.arrays[pid] for pid in live}
+        return models
+
+
+class _SharingUnpickler(pickle.Unpickler):
+    def __init__(self, file, arrays: dict):
+        super().__init__(file)
+        self.arrays = arrays
+
+    def persistent_load(self, pid):
+        return self.arrays[pid]
+
+
 # ----------------------------------------------------------------- parent
 
 
@@ -95,6 +167,7 @@ class LearnerProcess:
         self.publishes = 0
         self.restarts = 0
         self.child_stats: dict = {}
+        self.receiver = Receiver()
         self._config, self._data_dir = config, str(data_dir)
         self._send_lock = threading.Lock()
         self._conn = self._proc = None
@@ -110,6 +183,7 @@ class LearnerProcess:
 
     def _spawn(self) -> None:
         """Start a learner process; it resumes from the last model checkpoint."""
+        self.receiver = Receiver()           # a new child ships every array afresh
         ctx = mp.get_context("spawn")
         conn, child = ctx.Pipe()
         proc = ctx.Process(target=run_child, name="interest-learner",
@@ -225,8 +299,8 @@ class LearnerProcess:
 
     def _on_message(self, kind: str, payload) -> None:
         if kind == "models":
-            position, data, delta, stats = payload
-            models = self._attach(pickle.loads(data))  # noqa: S301 - our own child process
+            position, packed, delta, stats = payload
+            models = self._attach(self.receiver.unpack(*packed))
             apply_fusion_delta(self.fusion, delta)
             self.models = models
             self.publishes += 1
@@ -291,6 +365,7 @@ class _Child:
         self.publish_s = config["projections"]["publish_ms"] / 1000
         self.checkpoint_s = rec_cfg["checkpoint_seconds"]
         self.changed_users: set = set()
+        self.shipper = Shipper()
         self._track_fusion()
         self.publish_ms = 0.0
 
@@ -373,13 +448,13 @@ class _Child:
     def _publish(self) -> None:
         t0 = time.perf_counter()
         models = self.rec.learner.publish()
-        data = pickle.dumps(detach(models), protocol=pickle.HIGHEST_PROTOCOL)
+        data, arrays, live = self.shipper.pack(detach(models))
         delta = fusion_delta(self.rec.fusion, self.changed_users)
         self.changed_users = set()
         self.publish_ms = (time.perf_counter() - t0) * 1000
         stats = {"last_publish_ms": round(self.publish_ms, 2), "snapshot_bytes": len(data),
-                 "recommender": self.rec.stats()}
-        self.conn.send(("models", (self.position, data, delta, stats)))
+                 "new_arrays": len(arrays), "recommender": self.rec.stats()}
+        self.conn.send(("models", (self.position, (data, arrays, live), delta, stats)))
 
     def _checkpoint(self) -> None:
         if self.rec.gseq > self.rec.base_gseq:
