@@ -83,7 +83,9 @@ class PooledInbox:
             if self._scheduled:
                 return
             self._scheduled = True
-        self.actor.dispatcher.schedule(self.actor)
+        actor = self.actor
+        if actor is not None:          # None once stopped: like pykka, a dead actor's mail stays unread
+            actor.dispatcher.schedule(actor)
 
     def get(self):
         return self._items.popleft()
@@ -205,6 +207,7 @@ class PooledActor(pykka.Actor):
         if self.actor_stopped.is_set():
             self._actor_loop_teardown()
             inbox.release()
+            inbox.actor = None      # no actor <-> inbox cycle: a passivated actor is freed at once
             return
         if inbox.release():
             self.dispatcher.schedule(self)

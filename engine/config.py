@@ -118,6 +118,7 @@ class RuntimeSection:
     sweep_seconds: Positive
     snapshot_every: Count
     switch_interval_ms: Annotated[float, Range(0.001, 1000)]
+    gc_full_every_s: NonNegative
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,16 @@ class SecuritySection:
 
 
 @dataclass(frozen=True)
+class HttpSection:
+    address: str
+    max_requests: Count
+    max_connections: Count
+    read_timeout_s: Positive
+    request_timeout_s: Positive
+    tokens_file: str
+
+
+@dataclass(frozen=True)
 class Config:
     service: ServiceSection
     limits: LimitsSection
@@ -216,6 +227,7 @@ class Config:
     model: ModelSection
     inference: InferenceSection
     security: SecuritySection
+    http: HttpSection
 
 
 # -------------------------------------------------------------- checking

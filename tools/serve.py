@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="data directory (LMDB); default [service] data_dir")
     parser.add_argument("--ingest", help="ingest PULL address, e.g. tcp://127.0.0.1:7100")
     parser.add_argument("--api", help="api ROUTER address, e.g. tcp://127.0.0.1:7101")
+    parser.add_argument("--http", help="HTTP side port HOST:PORT, e.g. 127.0.0.1:7102 "
+                                       "(metrics, probes, dashboard, JSON api); default [http] "
+                                       "address, \"\" = off")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
@@ -55,7 +58,8 @@ def start(config: dict, data_dir, args, on_fatal=None):
     inference = start_inference(config, data_dir)
     try:
         return inference, Server(config, data_dir, ingest=args.ingest, api=args.api,
-                                 inference=inference, on_fatal=on_fatal)
+                                 inference=inference, on_fatal=on_fatal,
+                                 http=getattr(args, "http", None))
     except BaseException:
         if inference is not None:
             inference.stop(timeout=5)
@@ -92,6 +96,9 @@ def main(argv: list[str]) -> int:
         return 1
     print(f"interest: serving ingest={server.ingest} api={server.api} data={data_dir}",
           flush=True)
+    if server.http is not None:
+        print(f"interest: http on {server.http.url} (/metrics /healthz /readyz /dashboard /v1)",
+              flush=True)
     stop.wait()
     log.info("stopping" if not failed else "stopping after a fatal error: %s", *failed[:1])
     try:

@@ -24,11 +24,11 @@ class Server:
 
     def __init__(self, config: dict, data_dir: str | Path | None = None, *,
                  ingest: str | None = None, api: str | None = None, inference=None,
-                 on_fatal=None):
+                 on_fatal=None, http: str | None = None):
         svc = config["service"]
         self._stopped = False
         self.context = zmq.Context()      # one per server: ZAP allows one authenticator per context
-        self.ingest_loop = self.gateway = self.auth = None
+        self.ingest_loop = self.gateway = self.auth = self.http = None
         self.service = Service(config, data_dir, inference=inference)
         try:
             self.auth = ServerAuth.from_config(config.get("security"), self.context)
@@ -42,6 +42,10 @@ class Server:
                                    secure=auth.secure if auth else None,
                                    authorize=auth.authorize if auth else None,
                                    on_fatal=on_fatal).start()
+            http = http if http is not None else (config.get("http") or {}).get("address", "")
+            if http:          # the HTTP side port (engine.serving.http); "" = off
+                from engine.serving.http import HttpSide  # noqa: PLC0415
+                self.http = HttpSide(self.service, http, config).start()
         except BaseException:
             self.stop()
             raise
@@ -64,6 +68,8 @@ class Server:
         if self._stopped:
             return
         self._stopped = True
+        if self.http is not None:
+            self.http.stop(min(timeout, 5.0))
         if self.ingest_loop is not None:
             self.ingest_loop.stop()
         try:

@@ -17,6 +17,7 @@ are durable and the user-state projection has applied them.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -61,6 +62,7 @@ class Service:
         self.started_at = time.time()
         self.data_dir = Path(data_dir or config["service"]["data_dir"])
         sys.setswitchinterval(config["runtime"]["switch_interval_ms"] / 1000)
+        self._gc_every = _gc_policy(config["runtime"]["gc_full_every_s"])
         self.store = store if store is not None else open_store(config, self.data_dir)
         self.metrics = Metrics()
         self.params = FoldParams.from_config(config)
@@ -74,6 +76,7 @@ class Service:
         self._build_projections()
         self.reader = Reader(self.store, self.users, self.params, self.catalog,
                              lambda: self.learner.models)
+        self.last_gc_ms = 0.0
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
         self._sweeper.start()
@@ -293,6 +296,7 @@ class Service:
                             if isinstance(self.learner, LearnerProcess)
                             else self.recommender.stats()),
             "threads": threading.active_count(),
+            "last_gc_ms": round(self.last_gc_ms, 1),
             "rss_mb": psutil.Process().memory_info().rss / 2**20,
             "inference": self._inference_stats(),
         }
@@ -309,9 +313,16 @@ class Service:
 
     def _sweep_loop(self) -> None:
         period = self.config["runtime"]["sweep_seconds"]
+        next_gc = time.monotonic() + self._gc_every if self._gc_every else None
         while not self._stopping.wait(period):
             try:
                 self.users.sweep()
+                if next_gc is not None and time.monotonic() >= next_gc:
+                    t0 = time.perf_counter()
+                    gc.collect()
+                    self.metrics.add("gc_full_collections")
+                    self.last_gc_ms = (time.perf_counter() - t0) * 1000
+                    next_gc = time.monotonic() + self._gc_every
             except Exception:  # noqa: BLE001
                 logger.exception("passivation sweep failed")
 
@@ -346,6 +357,18 @@ class Service:
             self.store.close()
         else:
             raise Unavailable("the writer did not stop in time; the store was left open")
+
+
+def _gc_policy(full_every_s: float) -> float:
+    """Python's full (oldest-generation) garbage collection scans every live object:
+    with hundreds of thousands of user states it pauses every thread for tens of
+    milliseconds at unpredictable moments. With ``gc_full_every_s > 0`` young
+    collections stay automatic and the full one runs on the sweeper's schedule
+    instead (its pause shows in ``stats.last_gc_ms``); 0 keeps Python's default."""
+    if full_every_s > 0:
+        young, middle, _old = gc.get_threshold()
+        gc.set_threshold(young, middle, 1_000_000)
+    return full_every_s
 
 
 def _stream_of(event: Event) -> str:
