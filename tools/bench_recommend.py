@@ -125,6 +125,7 @@ def measure(api: str, users: list[str], rate: float, seconds: float, k: int) -> 
 
 def main(argv: list[str] | None = None) -> int:
     from engine import movielens
+    from engine.errors import ConfigError
     from engine.serving.client import Client
     from engine.config import load_config
     from engine.serving.server import Server
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-rate", type=float, default=2000.0, help="events per second")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--sync", action="store_true", help="fsync commits (default off)")
+    parser.add_argument("--config", help="service config overlaid on configs/default.toml")
     parser.add_argument("--max-rate", action="store_true",
                         help="also find the highest rate of --ladder with p99 <= 5 ms")
     parser.add_argument("--ladder", default="250,500,1000,1500,2000,3000",
@@ -146,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"interest bench recommend: {exc}", file=sys.stderr)
         return 2
-    config = load_config(store={"sync": args.sync})
+    try:
+        config = load_config(args.config, store={"sync": args.sync})
+    except ConfigError as exc:
+        print(f"interest bench recommend: {exc}", file=sys.stderr)
+        return 2
     cut = int(len(ml.ratings) * args.preload)
     users = sorted({u["user"] for u in ml.users})
     with tempfile.TemporaryDirectory() as tmp, \

@@ -559,6 +559,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._body_left = 0
         self.handle_one_request()
 
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            self.send_error(400, "HTTP/0.9 is not supported")
+            return False
+        return True
+
     def version_string(self) -> str:
         return self.server_version
 
@@ -612,6 +620,8 @@ class _Handler(BaseHTTPRequestHandler):
         unsupported method...) as JSON too."""
         self.close_connection = True
         self._body_left = 0
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"       # a status line and headers, whatever came
         try:
             short = self.responses[code][0]
         except KeyError:

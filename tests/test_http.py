@@ -1,0 +1,656 @@
+"""The HTTP side port (PROTOCOL.md, "HTTP side port"): a real Server on random ports with
+its HTTP side on 127.0.0.1:0, real HTTP requests (http.client, raw sockets), every route
+and every error status."""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from urllib.parse import quote
+
+import pytest
+
+from engine.config import load_config
+from engine.journal.events import parse_event
+from engine.projections.state import InterestState
+from engine.serving.http import (HttpConfigError, HttpSide, MetricFamilies, load_tokens,
+                                 metric_name)
+from engine.serving.server import Server
+from tests.conftest import RANDOM_PORT, event, item_event, wait_for
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 10.0
+
+
+def make_config(**sections):
+    base = dict(store={"sync": False}, inference={"enabled": False},
+                runtime={"sweep_seconds": 0.2}, projections={"learner": "thread"})
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return load_config(**base)
+
+
+@pytest.fixture
+def start(tmp_path):
+    """``start(config)``: a Server with its HTTP side on an ephemeral loopback port."""
+    servers = []
+
+    def run(config=None, http="127.0.0.1:0", **kwargs):
+        srv = Server(config or make_config(), tmp_path / f"data{len(servers)}",
+                     ingest=RANDOM_PORT, api=RANDOM_PORT, http=http, **kwargs)
+        servers.append(srv)
+        return srv
+    yield run
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.fixture
+def srv(start):
+    return start()
+
+
+@pytest.fixture
+def stalled_users(monkeypatch):
+    """Every fold waits for ``release``: the user-state projection stalls."""
+    release = threading.Event()
+    real = InterestState.update
+
+    def update(self, entry, params):
+        release.wait(10)
+        real(self, entry, params)
+    monkeypatch.setattr(InterestState, "update", update)
+    yield release
+    release.set()
+
+
+def request(target, method, path, body=None, headers=None, timeout=TIMEOUT):
+    """(status, headers with lower-case names, body bytes); the connection is closed."""
+    host, _, port = (target.http.bound if hasattr(target, "http") else target.bound) \
+        .rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        if isinstance(body, (list, dict)):
+            body = json.dumps(body).encode()
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def call(target, method, path, body=None, headers=None, timeout=TIMEOUT):
+    """(status, JSON body, headers)."""
+    status, head, data = request(target, method, path, body, headers, timeout)
+    assert head["content-type"] == "application/json", data[:200]
+    return status, json.loads(data), head
+
+
+def error_of(target, method, path, status, code, body=None, headers=None):
+    got, obj, head = call(target, method, path, body, headers)
+    assert got == status, obj
+    assert obj["error"]["code"] == code and obj["error"]["message"], obj
+    return obj["error"], head
+
+
+def raw(target, data: bytes, timeout=TIMEOUT) -> socket.socket:
+    host, _, port = target.http.bound.rpartition(":")
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def catalog_and_history(target, user="u1"):
+    status, reply, _ = call(target, "POST", "/v1/events", [
+        item_event("m1", ["Drama"]), item_event("m2", ["Drama"]), item_event("m3", ["Comedy"]),
+        event("a", "purchase", user=user, item="m1"), event("b", user="other", item="m1"),
+        event("c", user="other", item="m2")])
+    assert status == 200 and reply == {"accepted": 6, "duplicates": 0, "rejected": []}
+
+
+def service_reply(srv, obj):
+    box, done = [], threading.Event()
+    srv.service.call(obj, lambda result: (box.append(result), done.set()))
+    assert done.wait(TIMEOUT)
+    return box[0]
+
+
+# ------------------------------------------------------------------- probes
+
+
+def test_healthz_and_readyz(srv):
+    status, body, _ = call(srv, "GET", "/healthz")
+    assert status == 200 and body["status"] == "ok"
+    status, body, _ = call(srv, "GET", "/readyz")
+    assert status == 200 and body["ready"] is True and body["not_ready"] == []
+    assert set(body["checks"]["replay"]) == set(srv.service.runners)
+    status, head, data = request(srv, "HEAD", "/healthz")
+    assert status == 200 and data == b""
+
+
+def test_readyz_is_503_until_startup_replay_is_done(srv, stalled_users):
+    """A port started while the user projection is behind the head is not ready until
+    that projection has reached the head the log had when the port started."""
+    limits = srv.service.limits
+    srv.service.ingest_events([parse_event(event(f"e{i}", user=f"u{i}"), limits)
+                               for i in range(3)])
+    wait_for(lambda: srv.service.log.head == 3, reason="the events committed")
+    side = HttpSide(srv.service, "127.0.0.1:0", srv.service.config).start()
+    try:
+        status, body, _ = call(side, "GET", "/readyz")
+        assert status == 503 and body["ready"] is False
+        assert body["checks"]["replay"]["users"]["done"] is False
+        assert any("projection users" in reason for reason in body["not_ready"])
+        stalled_users.set()
+        wait_for(lambda: call(side, "GET", "/readyz")[0] == 200, reason="replay done")
+    finally:
+        side.stop()
+
+
+def test_readyz_is_503_while_a_required_model_is_not_loaded(start):
+    srv = start(make_config(model={"required": True}))
+    status, body, _ = call(srv, "GET", "/readyz")
+    assert status == 503 and body["checks"]["model"] == {"required": True, "loaded": False}
+    assert any("model" in reason for reason in body["not_ready"])
+
+
+# ------------------------------------------------------------------ the JSON api
+
+
+def test_events_then_every_user_route(srv):
+    catalog_and_history(srv)
+    status, interests, _ = call(srv, "GET", "/v1/users/u1/interests")
+    assert status == 200 and interests["events"] == 1 and interests["tags"][0]["tag"] == "Drama"
+    assert interests == service_reply(srv, {"op": "interests", "user": "u1"})
+    status, recs, _ = call(srv, "GET", "/v1/users/u1/recommendations?k=1")
+    assert status == 200 and [r["item"] for r in recs["items"]] == ["m2"]     # m1 is seen
+    status, recs, _ = call(srv, "GET", "/v1/users/u1/recommendations?k=5&exclude_seen=false")
+    assert status == 200 and "m1" in [r["item"] for r in recs["items"]]
+    status, recs, _ = call(srv, "GET", "/v1/users/u1/recommendations?exclude_seen=TRUE")
+    assert status == 200 and "m1" not in [r["item"] for r in recs["items"]]
+    status, why, _ = call(srv, "GET", "/v1/users/u1/explain?item=m1")
+    assert status == 200 and why["item"]["item"] == "m1" and why["item"]["seen"] is True
+    status, why, _ = call(srv, "GET", "/v1/users/u1/explain?deadline_ms=5000")
+    assert status == 200 and why["tags"][0]["tag"] == "Drama"
+    status, cold, _ = call(srv, "GET", "/v1/users/nobody/recommendations")
+    assert status == 200 and cold["strategy"] == "cold"
+
+
+def test_ingest_reply_reports_duplicates_and_rejected_events(srv):
+    body = [item_event("m1", ["Drama"]), event("a", item="m1"), event("a", item="m1"),
+            event("b", item=None)]
+    status, reply, _ = call(srv, "POST", "/v1/events", body)
+    assert status == 200 and reply["accepted"] == 2 and reply["duplicates"] == 1
+    assert reply["rejected"] == [{"index": 3, "code": "bad_request",
+                                  "message": "field 'item' is required"}]
+    status, again, _ = call(srv, "POST", "/v1/events", [event("a", item="m1")])
+    assert status == 200 and again == {"accepted": 0, "duplicates": 1, "rejected": []}
+
+
+def test_user_ids_in_paths_are_percent_decoded(srv):
+    user = "a b/c%d?é"
+    call(srv, "POST", "/v1/events", [item_event("m1", ["Drama"]),
+                                     event("x", user=user, item="m1")])
+    status, reply, _ = call(srv, "GET", f"/v1/users/{quote(user, safe='')}/interests")
+    assert status == 200 and reply["user"] == user and reply["events"] == 1
+    error, _ = error_of(srv, "GET", "/v1/users/%ff%fe/interests", 400, "bad_request")
+    assert "UTF-8" in error["message"]
+
+
+def test_forget_route_is_the_forget_op(srv):
+    """DELETE /v1/users/{user} sends `forget`; a service that does not know the op yet
+    answers 501 (code unavailable), never a fake success."""
+    catalog_and_history(srv)
+    status, body, _ = call(srv, "DELETE", "/v1/users/u1")
+    if status == 501:
+        assert body["error"]["code"] == "unavailable"
+        assert "forget" in body["error"]["message"]
+    else:
+        assert status == 200 and "forgotten" in body
+        assert call(srv, "GET", "/v1/users/u1/interests")[1]["events"] == 0
+    error_of(srv, "DELETE", "/v1/users/u1?x=1", 400, "bad_request")
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/v1/users/u1/recommendations?k=abc", "'k' must be an integer from 1 to 1000"),
+    ("/v1/users/u1/recommendations?k=0", "'k' must be an integer from 1 to 1000"),
+    ("/v1/users/u1/recommendations?k=1001", "'k' must be an integer from 1 to 1000"),
+    ("/v1/users/u1/recommendations?k=1.5", "'k' must be an integer"),
+    ("/v1/users/u1/recommendations?k=-2", "'k' must be an integer"),
+    ("/v1/users/u1/recommendations?k=1&k=2", "'k' is given 2 times"),
+    ("/v1/users/u1/recommendations?exclude_seen=yes", "'exclude_seen' must be true or false"),
+    ("/v1/users/u1/interests?fresh=1", "'fresh' must be true or false"),
+    ("/v1/users/u1/interests?deadline_ms=-5", "'deadline_ms' must be a positive number"),
+    ("/v1/users/u1/explain?deadline_ms=nan", "'deadline_ms' must be a positive number"),
+    ("/v1/users/u1/interests?kk=3", "unknown query parameter 'kk'"),
+    ("/v1/users/u1/explain?k=3", "unknown query parameter 'k'"),
+    ("/v1/users/u1/explain?item=", "field 'item'"),
+])
+def test_bad_query_values_are_400_with_a_clear_message(srv, path, words):
+    error, _ = error_of(srv, "GET", path, 400, "bad_request")
+    assert words in error["message"]
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"{not json", "not valid JSON"),
+    (b'{"events": []}', "must be a JSON list of events, got a JSON dict"),
+    (b"[NaN]", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"", "not valid JSON"),
+    (b"[" * 100000 + b"]" * 100000, "not valid JSON"),
+])
+def test_bad_bodies_are_400(srv, body, words):
+    error, _ = error_of(srv, "POST", "/v1/events", 400, "bad_request", body=body)
+    assert words in error["message"]
+
+
+def test_a_body_over_the_size_limit_is_400_and_never_read_whole(start):
+    srv = start(make_config(limits={"max_message_bytes": 4096}))
+    error, head = error_of(srv, "POST", "/v1/events", 400, "bad_request",
+                           body=b"[" + b" " * 5000 + b"]")
+    assert "limit is 4096" in error["message"]
+    sock = raw(srv, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n[")
+    try:
+        reply = read_all(sock)
+    finally:
+        sock.close()
+    assert reply.startswith(b"HTTP/1.1 400") and b"limit is 4096" in reply
+    sock = raw(srv, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"2\r\n[]\r\n0\r\n\r\n")
+    try:
+        reply = read_all(sock)
+    finally:
+        sock.close()
+    assert reply.startswith(b"HTTP/1.1 400") and b"Content-Length" in reply
+
+
+def test_unknown_routes_are_404_and_wrong_methods_405(srv):
+    for path in ("/", "/v1", "/v1/users/u1/nope", "/v1/users//interests", "/metrics/x",
+                 "/v2/events"):
+        error_of(srv, "GET", path, 404, "not_found")
+    _, head = error_of(srv, "GET", "/v1/events", 405, "bad_request")
+    assert head["allow"] == "POST"
+    _, head = error_of(srv, "POST", "/v1/users/u1/interests", 405, "bad_request", body=b"[]")
+    assert head["allow"] == "GET"
+    _, head = error_of(srv, "PUT", "/metrics", 405, "bad_request")
+    assert head["allow"] == "GET, HEAD"
+    error_of(srv, "GET", "/v1/users/u1", 405, "bad_request")
+
+
+@pytest.mark.parametrize("data, status", [
+    (b"BLAH\r\n\r\n", b"400"),
+    (b"GET /healthz\r\n\r\n", b"400"),                           # HTTP/0.9
+    (b"GET / HTTX/1.1\r\n\r\n", b"400"),
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
+    (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120))
+     + b"\r\n", b"431"),
+    (b"BREW /metrics HTTP/1.1\r\nHost: x\r\n\r\n", b"501"),
+])
+def test_malformed_http_is_answered_in_json_and_closed(srv, data, status):
+    sock = raw(srv, data)
+    try:
+        reply = read_all(sock)                          # and then EOF: closed
+    finally:
+        sock.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == status, head
+    assert json.loads(body)["error"]["code"] == "bad_request"
+
+
+# ----------------------------------------------------------------- error statuses
+
+
+def test_overloaded_ingest_is_429_with_retry_after(start, stalled_users):
+    srv = start(make_config(projections={"max_lag_events": 5, "retry_after_ms": 1500}))
+    limits = srv.service.limits
+    for i in range(10):
+        srv.service.ingest_events([parse_event(event(f"e{i}", user=f"u{i}"), limits)])
+    wait_for(srv.service.busy, reason="the backlog past max_lag_events")
+    error, head = error_of(srv, "POST", "/v1/events", 429, "overloaded",
+                           body=[event("late", item="m1")])
+    assert error["retry_after_ms"] == 1500 and head["retry-after"] == "2"
+    stalled_users.set()
+    wait_for(lambda: not srv.service.busy(), reason="the backlog applied")
+    status, reply, _ = call(srv, "POST", "/v1/events", [event("late", item="m1")])
+    assert status == 200 and reply["accepted"] == 1
+
+
+def test_no_answer_in_time_is_504(start, stalled_users):
+    srv = start(make_config(http={"request_timeout_s": 0.3}))
+    t0 = time.monotonic()
+    error, _ = error_of(srv, "POST", "/v1/events", 504, "deadline_exceeded",
+                        body=[event("a", item="m1")])
+    assert time.monotonic() - t0 < 5 and "0.3 s" in error["message"]
+    assert srv.service.stats()["counters"]["error.deadline_exceeded"] == 1
+    stalled_users.set()
+
+
+def test_too_many_requests_in_progress_is_503(start, stalled_users):
+    srv = start(make_config(http={"max_requests": 1, "request_timeout_s": 5.0}))
+    results = []
+    waiting = threading.Thread(target=lambda: results.append(
+        call(srv, "POST", "/v1/events", [event("a", item="m1")])))
+    waiting.start()
+    try:
+        wait_for(lambda: srv.http.http_stats()["in_progress"] == 1, reason="one in progress")
+        _, head = error_of(srv, "GET", "/v1/users/u1/interests", 503, "unavailable")
+        assert head["retry-after"] == "1"
+        assert call(srv, "GET", "/healthz")[0] == 200          # probes are never refused
+    finally:
+        stalled_users.set()
+        waiting.join(TIMEOUT)
+    assert results[0][0] == 200 and results[0][1]["accepted"] == 1
+    assert srv.http.http_stats()["refused_requests"] == 1
+
+
+def test_connections_beyond_the_cap_are_refused_with_503(start):
+    srv = start(make_config(http={"max_connections": 2}))
+    idle = [raw(srv, b"") for _ in range(2)]
+    try:
+        wait_for(lambda: srv.http.http_stats()["connections"] == 2, reason="two connections")
+        third = raw(srv, b"")
+        try:
+            reply = read_all(third)
+        finally:
+            third.close()
+        assert reply.startswith(b"HTTP/1.1 503") and b"too many open HTTP connections" in reply
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: srv.http.http_stats()["connections"] == 0, reason="connections closed")
+    assert call(srv, "GET", "/healthz")[0] == 200
+
+
+def test_a_slow_client_is_cut_off(start):
+    """One header byte every 100 ms never completes a request: the connection is shut
+    after read_timeout_s in all, not after read_timeout_s of silence."""
+    srv = start(make_config(http={"read_timeout_s": 0.5}))
+    sock = raw(srv, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    t0 = time.monotonic()
+    closed = False
+    try:
+        sock.settimeout(0.1)
+        while time.monotonic() - t0 < 5 and not closed:
+            try:
+                sock.send(b"a")
+                closed = sock.recv(1024) == b""
+            except socket.timeout:
+                continue
+            except OSError:
+                closed = True
+    finally:
+        sock.close()
+    assert closed and time.monotonic() - t0 < 3
+    idle = raw(srv, b"")
+    try:
+        idle.settimeout(5)
+        assert read_all(idle) == b""                     # an idle connection is closed too
+    finally:
+        idle.close()
+
+
+def test_keep_alive_serves_several_requests_and_stop_closes_it(start):
+    srv = start()
+    host, _, port = srv.http.bound.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/healthz")
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["status"] == "ok"
+        t0 = time.monotonic()
+        srv.stop()
+        assert time.monotonic() - t0 < 5
+        with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+            conn.request("GET", "/healthz")
+            conn.getresponse()
+    finally:
+        conn.close()
+    srv.http.stop()                                       # idempotent
+
+
+# --------------------------------------------------------------------- metrics
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|'
+                    r'\\[\\"n])*",?)*)\})? (-?[0-9.e+-]+|NaN|[+-]Inf)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> dict:
+    """{family: {"type", "help", "samples": {frozenset(labels): value}}}; asserts the
+    exposition format line by line (HELP then TYPE before a family's samples, each family
+    once, every sample in a declared family)."""
+    assert text.endswith("\n")
+    families: dict = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name, _, help_text = line[7:].partition(" ")
+            assert name not in families, f"family {name} twice"
+            families[name] = {"help": help_text, "type": None, "samples": {}}
+            current = name
+        elif line.startswith("# TYPE "):
+            name, _, kind = line[7:].partition(" ")
+            assert name == current and kind in ("counter", "gauge"), line
+            families[name]["type"] = kind
+        else:
+            match = SAMPLE.match(line)
+            assert match, f"not a sample line: {line!r}"
+            name, labels, value = match.groups()
+            assert name == current and families[name]["type"], line
+            if families[name]["type"] == "counter":
+                assert name.endswith("_total"), name
+            pairs = {k: re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], v)
+                     for k, v in LABEL.findall(labels or "")}
+            key = frozenset(pairs.items())
+            assert key not in families[name]["samples"], line
+            families[name]["samples"][key] = float(value)
+    return families
+
+
+def value(families, name, **labels):
+    return families[name]["samples"][frozenset(labels.items())]
+
+
+def test_metrics_parse_back_and_agree_with_stats(srv):
+    catalog_and_history(srv)
+    call(srv, "GET", "/v1/users/u1/recommendations?k=2")
+    call(srv, "GET", "/v1/users/u1/interests")
+    error_of(srv, "GET", "/v1/users/u1/recommendations?k=0", 400, "bad_request")
+    wait_for(lambda: all(p["lag_events"] == 0
+                         for p in srv.service.stats()["projections"].values()),
+             reason="every projection caught up")
+    status, head, data = request(srv, "GET", "/metrics")
+    assert status == 200 and head["content-type"].startswith("text/plain; version=0.0.4")
+    families = parse_metrics(data.decode("utf-8"))
+    stats = srv.service.stats()
+    assert value(families, "interest_up") == 1 and value(families, "interest_ready") == 1
+    assert value(families, "interest_head") == stats["head"] == 6
+    assert value(families, "interest_live_actors") == stats["live_actors"]
+    assert value(families, "interest_dead_letters") == stats["dead_letters"]["total"]
+    assert value(families, "interest_writer_queue") == stats["writer"]["queue"]
+    assert value(families, "interest_writer_commits_total") == stats["writer"]["commits"]
+    assert value(families, "interest_rss_bytes") > 1e6
+    for name, counter in stats["counters"].items():
+        assert value(families, f"interest_{metric_name(name)}_total") == counter, name
+    assert value(families, "interest_received_total") == 6
+    for name, p in stats["projections"].items():
+        assert value(families, "interest_projection_position", projection=name) == p["position"]
+        assert value(families, "interest_projection_lag_events", projection=name) == 0
+        assert value(families, "interest_projection_lag_seconds", projection=name) == 0
+    assert families["interest_projection_lag_events"]["type"] == "gauge"
+    for op, lat in stats["latency"].items():
+        assert value(families, "interest_request_latency_seconds", op=op, quantile="0.99") == \
+            pytest.approx(lat["p99_ms"] / 1000)
+        assert value(families, "interest_request_latency_samples", op=op) == lat["n"]
+    assert {"recommend", "interests", "ingest"} <= {dict(k)["op"] for k in
+                                                   families["interest_request_latency_samples"]
+                                                   ["samples"]}
+    weights = stats["recommender"]["fusion"]["segments"]["cold"]
+    assert value(families, "interest_fusion_weight", segment="cold",
+                 source="popularity") == weights["popularity"]
+    assert value(families, "interest_http_responses_total", status="400") >= 1
+    status, head, data = request(srv, "HEAD", "/metrics")
+    assert status == 200 and data == b""
+
+
+def test_label_values_and_help_are_escaped():
+    families = MetricFamilies()
+    tricky = 'a"b\\c\nd}e'
+    families.add("x_total", "counter", "help with \\ and\nnewline", 3, name=tricky)
+    families.add("x_total", "gauge", "a second type is ignored", 4, name="other")
+    families.add("y", "gauge", "none is skipped", None)
+    families.add("z", "gauge", "special values", float("nan"), v="nan")
+    families.add("z", "gauge", "", float("inf"), v="inf")
+    text = families.render()
+    assert "# HELP x_total help with \\\\ and\\nnewline" in text
+    parsed = parse_metrics(text)
+    assert value(parsed, "x_total", name=tricky) == 3 and len(parsed["x_total"]["samples"]) == 1
+    assert "y" not in parsed and text.count("\n# TYPE z gauge\n") == 1
+    assert "z{v=\"inf\"} +Inf" in text and "z{v=\"nan\"} NaN" in text
+    assert metric_name("op.recommend") == "op_recommend" and metric_name("9x") == "_9x"
+
+
+# ------------------------------------------------------------------- dashboard
+
+
+def test_dashboard_is_one_self_contained_page(srv):
+    status, head, data = request(srv, "GET", "/dashboard")
+    assert status == 200 and head["content-type"] == "text/html; charset=utf-8"
+    page = data.decode("utf-8")
+    assert page.startswith("<!doctype html>") and "</html>" in page
+    assert "http://" not in page and "https://" not in page
+    for attr in re.findall(r'(?:src|href|action)\s*=\s*["\']?([^"\'\s>]*)', page, re.I):
+        assert not re.match(r"([a-z][a-z0-9+.-]*:|//)", attr, re.I), attr
+    assert "@import" not in page and "url(" not in page
+    assert 'fetch("metrics"' in page and "2000" in page         # relative, every 2 s
+    for shown in ("interest_received_total", "interest_request_latency_seconds",
+                  "interest_projection_lag_events", "interest_live_actors",
+                  "interest_dead_letters"):
+        assert shown in page
+    assert "default-src 'none'" in head["content-security-policy"]
+    assert len(data) < 16384
+
+
+# ---------------------------------------------------------------- authentication
+
+
+@pytest.fixture
+def tokens(tmp_path):
+    path = tmp_path / "tokens"
+    names = {"admin": "A" * 20, "reader": "R" * 20, "producer": "P" * 20}
+    path.write_text("# token role\n" + "".join(f"{t} {role}   # {role}\n"
+                                                for role, t in names.items()))
+    path.chmod(0o600)
+    return path, names
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_tokens_and_roles(start, tokens):
+    path, names = tokens
+    srv = start(make_config(http={"tokens_file": str(path)}))
+    for open_path in ("/healthz", "/readyz", "/dashboard"):
+        assert request(srv, "GET", open_path)[0] == 200
+    _, head = error_of(srv, "GET", "/v1/users/u1/interests", 401, "forbidden")
+    assert head["www-authenticate"].startswith("Bearer")
+    error_of(srv, "GET", "/v1/users/u1/interests", 401, "forbidden", headers=bearer("X" * 20))
+    error_of(srv, "GET", "/v1/users/u1/interests", 401, "forbidden",
+             headers={"Authorization": f"Basic {names['admin']}"})
+    error_of(srv, "GET", "/metrics", 401, "forbidden")
+    assert call(srv, "GET", "/v1/users/u1/interests", headers=bearer(names["reader"]))[0] == 200
+    error_of(srv, "POST", "/v1/events", 403, "forbidden", body=[event("a", item="m1")],
+             headers=bearer(names["reader"]))
+    status, reply, _ = call(srv, "POST", "/v1/events", [event("a", item="m1")],
+                            headers=bearer(names["producer"]))
+    assert status == 200 and reply["accepted"] == 1
+    error_of(srv, "GET", "/v1/users/u1/recommendations", 403, "forbidden",
+             headers=bearer(names["producer"]))
+    error_of(srv, "GET", "/metrics", 403, "forbidden", headers=bearer(names["reader"]))
+    error_of(srv, "DELETE", "/v1/users/u1", 403, "forbidden", headers=bearer(names["reader"]))
+    assert request(srv, "GET", "/metrics", headers=bearer(names["admin"]))[0] == 200
+    assert call(srv, "DELETE", "/v1/users/u1", headers=bearer(names["admin"]))[0] in (200, 501)
+
+
+def test_curve_without_tokens_refuses_to_start_the_http_port(srv, tokens):
+    config = copy.deepcopy(srv.service.config)
+    config["security"]["curve"] = True
+    with pytest.raises(HttpConfigError, match="http.tokens_file is empty"):
+        HttpSide(srv.service, "127.0.0.1:0", config)
+    config["http"]["tokens_file"] = str(tokens[0])
+    assert HttpSide(srv.service, "127.0.0.1:0", config).tokens is not None
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "no tokens"),
+    ("short admin\n", "at least 16 characters"),
+    (f"{'T' * 20} root\n", "expected 'TOKEN ROLE'"),
+    (f"{'T' * 20}\n", "expected 'TOKEN ROLE'"),
+    (f"{'T' * 20} admin\n{'T' * 20} reader\n", "a repeated token"),
+])
+def test_a_bad_tokens_file_is_one_clear_error(tmp_path, text, words):
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    with pytest.raises(HttpConfigError, match=words):
+        load_tokens(path)
+    with pytest.raises(HttpConfigError, match="cannot read"):
+        load_tokens(tmp_path / "missing")
+
+
+# -------------------------------------------------------------- wiring, addresses
+
+
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1", ":80", "::1:80", "h:99999"])
+def test_a_bad_address_is_refused(srv, address):
+    with pytest.raises(HttpConfigError, match="HOST:PORT|brackets"):
+        HttpSide(srv.service, address, srv.service.config)
+
+
+def test_a_non_loopback_bind_warns(srv, caplog):
+    side = HttpSide(srv.service, "0.0.0.0:0", srv.service.config)
+    with caplog.at_level(logging.WARNING, logger="engine.serving.http"):
+        side.start()
+    try:
+        assert "without authentication" in caplog.text
+    finally:
+        side.stop()
+
+
+def test_the_config_address_and_serve_flag_start_it(tmp_path):
+    from tools import serve
+    config = make_config(http={"address": "127.0.0.1:0"})
+    with Server(config, tmp_path / "a", ingest=RANDOM_PORT, api=RANDOM_PORT) as srv:
+        assert call(srv, "GET", "/healthz")[0] == 200
+    with Server(config, tmp_path / "b", ingest=RANDOM_PORT, api=RANDOM_PORT, http="") as srv:
+        assert srv.http is None                          # "" turns it off
+    args = serve.build_parser().parse_args(["--ingest", RANDOM_PORT, "--api", RANDOM_PORT,
+                                            "--http", "127.0.0.1:0"])
+    inference, srv = serve.start(make_config(), tmp_path / "c", args)
+    try:
+        assert inference is None and srv.http.bound.startswith("127.0.0.1:")
+        assert call(srv, "GET", "/healthz")[0] == 200
+    finally:
+        srv.stop()
