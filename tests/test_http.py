@@ -9,7 +9,9 @@ import http.client
 import json
 import logging
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from urllib.parse import quote
@@ -20,7 +22,7 @@ from engine.config import load_config
 from engine.journal.events import parse_event
 from engine.projections.state import InterestState
 from engine.serving.http import (HttpConfigError, HttpSide, MetricFamilies, load_tokens,
-                                 metric_name)
+                                 metric_name, parse_address)
 from engine.serving.server import Server
 from tests.conftest import RANDOM_PORT, event, item_event, wait_for
 
@@ -55,6 +57,15 @@ def start(tmp_path):
 @pytest.fixture
 def srv(start):
     return start()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One server for the tests that only send bad requests."""
+    srv = Server(make_config(), tmp_path_factory.mktemp("shared") / "data", ingest=RANDOM_PORT,
+                 api=RANDOM_PORT, http="127.0.0.1:0")
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture
@@ -247,8 +258,8 @@ def test_forget_route_is_the_forget_op(srv):
     ("/v1/users/u1/explain?k=3", "unknown query parameter 'k'"),
     ("/v1/users/u1/explain?item=", "field 'item'"),
 ])
-def test_bad_query_values_are_400_with_a_clear_message(srv, path, words):
-    error, _ = error_of(srv, "GET", path, 400, "bad_request")
+def test_bad_query_values_are_400_with_a_clear_message(shared, path, words):
+    error, _ = error_of(shared, "GET", path, 400, "bad_request")
     assert words in error["message"]
 
 
@@ -260,8 +271,8 @@ def test_bad_query_values_are_400_with_a_clear_message(srv, path, words):
     (b"", "not valid JSON"),
     (b"[" * 100000 + b"]" * 100000, "not valid JSON"),
 ])
-def test_bad_bodies_are_400(srv, body, words):
-    error, _ = error_of(srv, "POST", "/v1/events", 400, "bad_request", body=body)
+def test_bad_bodies_are_400(shared, body, words):
+    error, _ = error_of(shared, "POST", "/v1/events", 400, "bad_request", body=body)
     assert words in error["message"]
 
 
@@ -285,7 +296,8 @@ def test_a_body_over_the_size_limit_is_400_and_never_read_whole(start):
     assert reply.startswith(b"HTTP/1.1 400") and b"Content-Length" in reply
 
 
-def test_unknown_routes_are_404_and_wrong_methods_405(srv):
+def test_unknown_routes_are_404_and_wrong_methods_405(shared):
+    srv = shared
     for path in ("/", "/v1", "/v1/users/u1/nope", "/v1/users//interests", "/metrics/x",
                  "/v2/events"):
         error_of(srv, "GET", path, 404, "not_found")
@@ -307,8 +319,8 @@ def test_unknown_routes_are_404_and_wrong_methods_405(srv):
      + b"\r\n", b"431"),
     (b"BREW /metrics HTTP/1.1\r\nHost: x\r\n\r\n", b"501"),
 ])
-def test_malformed_http_is_answered_in_json_and_closed(srv, data, status):
-    sock = raw(srv, data)
+def test_malformed_http_is_answered_in_json_and_closed(shared, data, status):
+    sock = raw(shared, data)
     try:
         reply = read_all(sock)                          # and then EOF: closed
     finally:
@@ -469,7 +481,7 @@ def parse_metrics(text: str) -> dict:
     return families
 
 
-def value(families, name, **labels):
+def value(families, name, /, **labels):
     return families[name]["samples"][frozenset(labels.items())]
 
 
@@ -546,11 +558,54 @@ def test_dashboard_is_one_self_contained_page(srv):
     assert "@import" not in page and "url(" not in page
     assert 'fetch("metrics"' in page and "2000" in page         # relative, every 2 s
     for shown in ("interest_received_total", "interest_request_latency_seconds",
-                  "interest_projection_lag_events", "interest_live_actors",
+                  "interest_projection_", "lag_events", "interest_live_actors",
                   "interest_dead_letters"):
         assert shown in page
     assert "default-src 'none'" in head["content-security-policy"]
     assert len(data) < 16384
+
+
+NODE_HARNESS = r"""
+const fs = require("fs");
+const [script, metrics] = [fs.readFileSync(process.argv[2], "utf8"), fs.readFileSync(process.argv[3], "utf8")];
+const elements = {}, requests = [];
+globalThis.document = {getElementById: id => (elements[id] = elements[id] || {id, textContent: "", innerHTML: "", className: ""})};
+globalThis.location = {hash: "#token=secret-token"};
+let polls = 0;
+globalThis.setTimeout = f => { if (++polls < 3) f(); };
+globalThis.fetch = (url, options) => { requests.push({url, options});
+  return Promise.resolve({ok: true, status: 200, text: () => Promise.resolve(metrics)}); };
+eval(script);
+setImmediate(() => setImmediate(() => console.log(JSON.stringify({elements, requests}))));
+"""
+
+
+def test_dashboard_script_renders_the_metrics(srv, tmp_path):
+    """The page's script, run by node against stub DOM and fetch, parses a real /metrics
+    answer and fills every panel (skipped where node is not installed: no browser here)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the dashboard script is not executed")
+    catalog_and_history(srv)
+    call(srv, "GET", "/v1/users/u1/recommendations")
+    page = request(srv, "GET", "/dashboard")[2].decode()
+    (tmp_path / "page.js").write_text(page.split("<script>")[1].split("</script>")[0])
+    (tmp_path / "metrics.txt").write_bytes(request(srv, "GET", "/metrics")[2])
+    (tmp_path / "harness.js").write_text(NODE_HARNESS)
+    done = subprocess.run([node, str(tmp_path / "harness.js"), str(tmp_path / "page.js"),
+                           str(tmp_path / "metrics.txt")], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    shown = {k: str(v["innerHTML"] or v["textContent"]) for k, v in out["elements"].items()}
+    assert out["requests"][0]["url"] == "metrics"
+    assert out["requests"][0]["options"]["headers"] == {"Authorization": "Bearer secret-token"}
+    assert shown["actors"] == "2" and shown["head"] == "6" and shown["dead"] == "0"
+    assert float(shown["rate"]) >= 0 and "<polyline" in shown["spark"]
+    assert "<td>recommend</td>" in shown["latency"] and "<td>ingest</td>" in shown["latency"]
+    assert all(f"<td>{p}</td>" in shown["lags"] for p in srv.service.runners)
+    assert "<th>popularity</th>" in shown["fusion"] and "<td>cold</td>" in shown["fusion"]
+    assert shown["status"].startswith("ready") and shown["model"] == "off"
 
 
 # ---------------------------------------------------------------- authentication
@@ -624,9 +679,17 @@ def test_a_bad_tokens_file_is_one_clear_error(tmp_path, text, words):
 
 
 @pytest.mark.parametrize("address", ["nonsense", "127.0.0.1", ":80", "::1:80", "h:99999"])
-def test_a_bad_address_is_refused(srv, address):
+def test_a_bad_address_is_refused(address):
     with pytest.raises(HttpConfigError, match="HOST:PORT|brackets"):
-        HttpSide(srv.service, address, srv.service.config)
+        parse_address(address)
+    assert parse_address("[::1]:7102") == ("::1", 7102, socket.AF_INET6)
+    assert parse_address("http://localhost:0/") == ("localhost", 0, socket.AF_INET)
+
+
+def test_a_port_in_use_is_one_clear_error(srv):
+    with pytest.raises(OSError, match="cannot bind the HTTP port 127.0.0.1:"):
+        HttpSide(srv.service, srv.http.bound, srv.service.config).start()
+    assert call(srv, "GET", "/healthz")[0] == 200
 
 
 def test_a_non_loopback_bind_warns(srv, caplog):

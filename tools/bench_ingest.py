@@ -82,7 +82,8 @@ def raw_floor(n_events: int, n_users: int, n_items: int, batch: int, limits: dic
 
 class PeakSampler(threading.Thread):
     """Peak memory and threads of the service: this process plus the service's own
-    processes (the model learner), counted once each; not the publisher."""
+    processes (the model learner), counted once each; not the publisher. RSS counts
+    a page both processes map (the LMDB file) twice; PSS counts it once."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -90,7 +91,20 @@ class PeakSampler(threading.Thread):
         self.service_pids = lambda: []
         self.peak_rss = 0
         self.peak_threads = 0
+        self.peaks: dict[int, int] = {}      # pid -> its own peak rss
+        self.peak_pss = 0
         self.stop = threading.Event()
+
+    def _pss(self) -> None:
+        """Proportional set size: a page shared by the service's processes (the LMDB
+        file both map, the libraries) is counted once in the sum, split between them."""
+        total = 0
+        for proc in self._processes():
+            try:
+                total += proc.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+                return
+        self.peak_pss = max(self.peak_pss, total)
 
     def _processes(self) -> list:
         out = [self.proc]
@@ -102,12 +116,18 @@ class PeakSampler(threading.Thread):
         return out
 
     def run(self):
+        ticks = 0
         while not self.stop.wait(0.05):
+            ticks += 1
+            if ticks % 10 == 0:             # reading smaps is slow: PSS every 0.5 s
+                self._pss()
             rss = threads = 0
             for proc in self._processes():
                 try:
-                    rss += proc.memory_info().rss
+                    one = proc.memory_info().rss
+                    rss += one
                     threads += proc.num_threads()
+                    self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), one)
                 except psutil.NoSuchProcess:
                     pass
             self.peak_rss = max(self.peak_rss, rss)
@@ -192,6 +212,8 @@ def run(args) -> dict:
         "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99),
         "probes": len(latencies),
         "peak_rss_mb": round(sampler.peak_rss / 2**20, 1), "threads": sampler.peak_threads,
+        "peak_rss_mb_by_process": [round(v / 2**20, 1) for v in sampler.peaks.values()],
+        "peak_pss_mb": round(sampler.peak_pss / 2**20, 1),
         "events": args.events, "users": args.users, "batch": args.batch,
         "live_actors_at_end": stats["live_actors"], "activations": stats["activations"],
         "passivations": stats["passivations"], "commits": stats["writer"]["commits"],

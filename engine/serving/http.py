@@ -80,7 +80,7 @@ STATUS = {"bad_request": 400, "forbidden": 403, "not_found": 404, "overloaded": 
           "unavailable": 503, "deadline_exceeded": 504, "internal": 500}
 MIN_TOKEN_CHARS = 16
 MAX_QUERY_FIELDS = 16
-POLL_S = 0.25                      # accept loop wake-ups: stop() latency, slow-client checks
+POLL_S = 0.1                       # accept loop wake-ups: stop() latency, slow-client checks
 
 
 class HttpConfigError(ConfigError):
@@ -815,7 +815,7 @@ class MetricFamilies:
     def __init__(self):
         self._families: dict[str, list] = {}
 
-    def add(self, name: str, kind: str, help_text: str, value, **labels) -> None:
+    def add(self, name: str, kind: str, help_text: str, value, /, **labels) -> None:
         text = _number(value)
         if text is None:
             return
