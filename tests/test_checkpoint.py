@@ -57,3 +57,27 @@ def test_restart_resumes_from_the_checkpoint(config, tmp_path, context):
         client.close()
     with Server(config, data, ingest=RANDOM_PORT, api=RANDOM_PORT) as third:
         assert third.service.recommender.base_gseq == gseq + 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_checkpoint_is_discarded_and_the_models_rebuilt(config, tmp_path, context,
+                                                                 damage, caplog):
+    data = tmp_path / "data"
+    with Server(config, data, ingest=RANDOM_PORT, api=RANDOM_PORT) as first:
+        client = Client(first.api, context=context)
+        client.call("ingest", events=_stream(200))
+        _, gseq, recs_before = _snapshot(client)
+        client.close()
+    raw = bytearray(model_path(data).read_bytes())
+    if damage == "truncate":
+        raw = raw[:len(raw) // 2]
+    else:
+        raw[len(raw) // 2] ^= 0x40
+    model_path(data).write_bytes(bytes(raw))
+    with Server(config, data, ingest=RANDOM_PORT, api=RANDOM_PORT) as second:
+        assert "unusable" in caplog.text and "rebuilding" in caplog.text
+        assert second.service.recommender.base_gseq == 0        # nothing trusted from it
+        client = Client(second.api, context=context)
+        _, gseq_after, recs = _snapshot(client)                 # relearned from the journal
+        assert gseq_after == gseq and recs == recs_before
+        client.close()

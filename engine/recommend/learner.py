@@ -51,6 +51,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from engine.journal.files import read_checked, write_checked
 from engine.recommend.fusion import Fusion, reward_of, segment_of
 from engine.recommend.models import Models
 from engine.recommend.query import NOT_POSITIVE, Query
@@ -62,11 +63,11 @@ MODEL_FORMAT = 1
 
 
 def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write a model file behind a checksum, fsynced, renamed into place (a checkpoint is
+    rebuildable: a damaged one is refused at load, and the journal rebuilds the models)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_checked(path, data)
     return path
 
 
@@ -355,5 +356,5 @@ class Learner:
         path = Path(path)
         if not path.exists():
             return False
-        self.load_dict(msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False))
+        self.load_dict(msgpack.unpackb(read_checked(path), raw=False, strict_map_key=False))
         return True
