@@ -39,7 +39,7 @@ import numpy as np
 from engine.journal.codec import CATALOG_STREAM
 from engine.journal.events import PROFILE_TYPE
 from engine.projections.log import CommittedLog
-from engine.projections.runner import DeadLetters, _safe, _Waiters
+from engine.projections.runner import DeadLetters, Positioned
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class _SharingUnpickler(pickle.Unpickler):
 # ----------------------------------------------------------------- parent
 
 
-class LearnerProcess:
+class LearnerProcess(Positioned):
     """The service's side of the learner process; quacks like a ``ProjectionRunner``."""
 
     name = "learner"
@@ -159,10 +159,8 @@ class LearnerProcess:
         self.projection = self
         self.models = self._attach(recommender.learner.publish())
         self.position = self.saved = recommender.gseq
-        self._lock = threading.Lock()
-        self._waiters = _Waiters()
+        self._init_waiting()
         self._outbox: list = []
-        self._stopped = threading.Event()
         self._closing = False
         self.publishes = 0
         self.restarts = 0
@@ -206,22 +204,6 @@ class LearnerProcess:
     def set_item_vector(self, item: str, vector) -> None:
         self._outbox.append(("vector", (item, vector)))
 
-    def when_at(self, position: int, callback) -> None:
-        with self._lock:
-            if self.position < position:
-                if not self._stopped.is_set():
-                    self._waiters.add(position, callback)
-                    return
-                applied = False
-            else:
-                applied = True
-        callback(applied)
-
-    def lag(self) -> dict:
-        out = self.log.lag(self.position)
-        out["saved_position"] = self.saved
-        return out
-
     def stats(self) -> dict:
         out = {k: v for k, v in self.child_stats.items() if k != "recommender"}
         return {"process": self._proc.pid, "alive": self._proc.is_alive(),
@@ -231,15 +213,9 @@ class LearnerProcess:
         """The models' own statistics, as of the last snapshot the child sent."""
         return self.child_stats.get("recommender") or self.recommender.stats()
 
-    def drain(self, timeout: float) -> bool:
-        target = self.log.head
-        done = threading.Event()
-        self.when_at(target, lambda _applied: done.set())
-        return done.wait(timeout) and self.position >= target
-
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the child to checkpoint and exit; release every waiter."""
-        if not self._stopped.is_set() and self._proc is not None:
+        if not self._closed.is_set() and self._proc is not None:
             self._closing = True
             self._flush_outbox()
             self._send(("stop", None))
@@ -249,11 +225,7 @@ class LearnerProcess:
                              timeout)
                 self._proc.kill()
                 self._proc.join(2)
-        self._stopped.set()
-        with self._lock:
-            callbacks = self._waiters.pop_all()
-        for callback in callbacks:
-            _safe(callback, False)
+        self._release_waiters()
         if self._conn is not None:
             self._conn.close()
 
@@ -272,7 +244,7 @@ class LearnerProcess:
             self._send(("batch", batch))
 
     def _send_loop(self) -> None:
-        while not self._stopped.wait(SEND_S):
+        while not self._closed.wait(SEND_S):
             self._flush_outbox()
 
     def _receive(self) -> None:
@@ -288,7 +260,7 @@ class LearnerProcess:
                 logger.error("the learner process ended (exit code %s); starting it again, "
                              "the models stay as they were meanwhile", self._proc.exitcode)
                 self._proc.join(1)
-                if self._closing or self._stopped.wait(min(30.0, float(self.restarts))):
+                if self._closing or self._closed.wait(min(30.0, float(self.restarts))):
                     return
                 self._spawn()
                 continue
@@ -310,13 +282,6 @@ class LearnerProcess:
             self.saved = payload
         elif kind == "dead":
             self.dead.record_letter(*payload)
-
-    def _advance(self, position: int) -> None:
-        with self._lock:
-            self.position = max(self.position, position)
-            callbacks = self._waiters.pop_until(self.position)
-        for callback in callbacks:
-            _safe(callback, True)
 
 
 # ------------------------------------------------------------------ child

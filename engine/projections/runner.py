@@ -114,42 +114,24 @@ class _Waiters:
         return out
 
 
-class ProjectionRunner:
-    """One thread feeding one projection from the committed log."""
+class Positioned:
+    """A position in the log that only moves forward, with its waiters and its lag.
 
-    def __init__(self, projection: Projection, log: CommittedLog, dead: DeadLetters, *,
-                 batch: int = 1000, max_ahead: int = 20_000, checkpoint_s: float = 1.0):
-        self.projection = projection
-        self.name = projection.name
-        self.log = log
-        self.dead = dead
-        self.batch = batch
-        self.max_ahead = max(batch, max_ahead)
-        self.checkpoint_s = checkpoint_s
+    Subclasses set ``log``, ``position`` and ``saved`` and call ``_init_waiting``;
+    they move the position with ``_advance`` and end with ``_release_waiters``.
+    """
+
+    def _init_waiting(self) -> None:
         self._lock = threading.Lock()
-        self._space = threading.Condition(self._lock)
-        self.position = projection.start_position()
-        self.saved = self.position
-        self.dispatched = self.position
-        self._pending: deque = deque()          # [last position, applied?] in log order
         self._waiters = _Waiters()
-        self._stop = threading.Event()
-        self.batches = 0
-        self._thread = threading.Thread(target=self._run, name=f"projection-{self.name}",
-                                        daemon=True)
-
-    def start(self) -> "ProjectionRunner":
-        self._thread.start()
-        return self
-
-    # ----------------------------------------------------------- waiting
+        self._closed = threading.Event()
 
     def when_at(self, position: int, callback: Callable[[bool], None]) -> None:
         """``callback(True)`` once every entry up to ``position`` is applied (maybe now),
-        ``callback(False)`` if the runner stops first."""
+        ``callback(False)`` if it stops first."""
         with self._lock:
             if self.position < position:
-                if not self._stop.is_set():
+                if not self._closed.is_set():
                     self._waiters.add(position, callback)
                     return
                 applied = False
@@ -161,6 +143,57 @@ class ProjectionRunner:
         out = self.log.lag(self.position)
         out["saved_position"] = self.saved
         return out
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until everything up to the current head is applied."""
+        target = self.log.head
+        done = threading.Event()
+        self.when_at(target, lambda _applied: done.set())
+        return done.wait(timeout) and self.position >= target
+
+    def _advance(self, position: int) -> None:
+        """Move to ``position`` (never back) and fire the waiters it satisfies."""
+        with self._lock:
+            self.position = max(self.position, position)
+            callbacks = self._waiters.pop_until(self.position)
+        for callback in callbacks:
+            _safe(callback, True)
+
+    def _release_waiters(self) -> None:
+        """Closing: every waiter is answered ``False`` (its entries are durable, not applied)."""
+        self._closed.set()
+        with self._lock:
+            callbacks = self._waiters.pop_all()
+        for callback in callbacks:
+            _safe(callback, False)
+
+
+class ProjectionRunner(Positioned):
+    """One thread feeding one projection from the committed log."""
+
+    def __init__(self, projection: Projection, log: CommittedLog, dead: DeadLetters, *,
+                 batch: int = 1000, max_ahead: int = 20_000, checkpoint_s: float = 1.0):
+        self.projection = projection
+        self.name = projection.name
+        self.log = log
+        self.dead = dead
+        self.batch = batch
+        self.max_ahead = max(batch, max_ahead)
+        self.checkpoint_s = checkpoint_s
+        self._init_waiting()
+        self._space = threading.Condition(self._lock)
+        self.position = projection.start_position()
+        self.saved = self.position
+        self.dispatched = self.position
+        self._pending: deque = deque()          # [last position, applied?] in log order
+        self._stop = threading.Event()
+        self.batches = 0
+        self._thread = threading.Thread(target=self._run, name=f"projection-{self.name}",
+                                        daemon=True)
+
+    def start(self) -> "ProjectionRunner":
+        self._thread.start()
+        return self
 
     # -------------------------------------------------------------- loop
 
@@ -212,15 +245,13 @@ class ProjectionRunner:
         with self._lock:
             slot[1] = True
             pending = self._pending
-            moved = False
+            last = None
             while pending and pending[0][1]:
-                self.position = pending.popleft()[0]
-                moved = True
-            callbacks = self._waiters.pop_until(self.position) if moved else []
-            if moved:
+                last = pending.popleft()[0]
+            if last is not None:
                 self._space.notify_all()
-        for callback in callbacks:
-            _safe(callback, True)
+        if last is not None:
+            self._advance(last)
 
     def _save(self) -> None:
         position = self.position
@@ -237,13 +268,6 @@ class ProjectionRunner:
 
     # --------------------------------------------------------- lifecycle
 
-    def drain(self, timeout: float) -> bool:
-        """Wait until the projection has applied everything up to the current head."""
-        target = self.log.head
-        done = threading.Event()
-        self.when_at(target, lambda _applied: done.set())
-        return done.wait(timeout) and self.position >= target
-
     def stop(self, timeout: float = 5.0) -> None:
         """Stop reading, save the position, and release every waiter (they fire now)."""
         self._stop.set()
@@ -252,10 +276,7 @@ class ProjectionRunner:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._save()
-        with self._lock:
-            callbacks = self._waiters.pop_all()   # their entries are durable, not yet applied
-        for callback in callbacks:
-            _safe(callback, False)
+        self._release_waiters()
 
 
 def _safe(callback, applied: bool) -> None:

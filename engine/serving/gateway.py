@@ -34,6 +34,7 @@ import zmq
 from engine.errors import BadRequest, DeadlineExceeded, InterestError, Overloaded
 from engine.journal.codec import decode_frame, encode_frame
 from engine.logs import RateLimitedLog
+from engine.serving.loops import SocketThread
 from engine.serving.metrics import op_key
 from engine.serving.requests import Flush, Interests, Recommend, Request, parse_request
 
@@ -81,7 +82,9 @@ class Reply:
         self.gateway.send(self.envelope + [payload])
 
 
-class Gateway:
+class Gateway(SocketThread):
+    name = "gateway"
+
     def __init__(self, service, api: str, *, context: zmq.Context, secure=None, authorize=None,
                  on_fatal=None):
         self.service = service
@@ -93,6 +96,7 @@ class Gateway:
         self.on_fatal = on_fatal
         self.outbox_addr = f"inproc://replies-{id(self)}-{next(_OUTBOX_IDS)}"
         self.warn = RateLimitedLog(logger)
+        super().__init__()
         self._local = threading.local()
         self._push_sockets: list[zmq.Socket] = []
         self._push_lock = threading.Lock()
@@ -100,23 +104,12 @@ class Gateway:
         self._inflight = 0
         self._inflight_bytes = 0
         self._count_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._error: Exception | None = None
-        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
         self.bound = ""
 
     # ---------------------------------------------------------- lifecycle
 
-    def start(self, timeout: float = 10.0) -> "Gateway":
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error is not None:
-            raise self._error or RuntimeError("the api gateway did not start")
-        return self
-
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+        super().stop(timeout)
         with self._push_lock:
             for sock in self._push_sockets:
                 sock.close(linger=0)
@@ -166,14 +159,8 @@ class Gateway:
         self._outbox.bind(self.outbox_addr)
         self.bound = self._api.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def _run(self) -> None:
-        try:
-            self._bind()
-        except Exception as exc:  # noqa: BLE001 - reported by start()
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
+    def _loop(self) -> None:
+        """On the socket thread, until stopped."""
         poller = zmq.Poller()
         for sock in (self._outbox, self._api):
             poller.register(sock, zmq.POLLIN)

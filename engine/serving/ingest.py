@@ -25,12 +25,15 @@ import zmq
 from engine.errors import BadRequest
 from engine.journal.codec import decode_frame
 from engine.logs import RateLimitedLog
+from engine.serving.loops import SocketThread
 from engine.serving.requests import parse_batch
 
 logger = logging.getLogger(__name__)
 
 
-class IngestLoop:
+class IngestLoop(SocketThread):
+    name = "ingest"
+
     def __init__(self, service, address: str, feeds=(), *, context: zmq.Context,
                  secure=None, may_ingest=None, on_fatal=None):
         self.service = service
@@ -43,22 +46,9 @@ class IngestLoop:
         self.may_ingest = may_ingest      # callable(frame) -> bool (the sender's role), or None
         self.on_fatal = on_fatal
         self.warn = RateLimitedLog(logger)
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._error: Exception | None = None
+        super().__init__()
         self.paused = False
         self.bound = ""
-        self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
-
-    def start(self, timeout: float = 10.0) -> "IngestLoop":
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error is not None:
-            raise self._error or RuntimeError("the ingest loop did not start")
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
 
     def _bind(self) -> None:
         # up to 4x the limit is read, counted and rejected; beyond, ZeroMQ drops the peer
@@ -83,14 +73,8 @@ class IngestLoop:
             sub.connect(feed)
             self._subs.append(sub)
 
-    def _run(self) -> None:
-        try:
-            self._bind()
-        except Exception as exc:  # noqa: BLE001 - reported by start()
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
+    def _loop(self) -> None:
+        """On the socket thread, until stopped."""
         poller = zmq.Poller()
         for sock in (self._pull, self._monitor, *self._subs):
             poller.register(sock, zmq.POLLIN)
