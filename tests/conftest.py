@@ -54,6 +54,17 @@ def config():
 
 
 @pytest.fixture
+def procs():
+    """Subprocesses a test starts (a real `interest serve`); killed if still running."""
+    started = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture
 def context():
     ctx = zmq.Context()
     yield ctx

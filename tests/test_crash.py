@@ -41,14 +41,6 @@ def wait_ready(client: Client, proc: subprocess.Popen, timeout: float = 30.0) ->
     pytest.fail("server did not answer ping in time")
 
 
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
 
 
 def batch(n: int) -> list[dict]:

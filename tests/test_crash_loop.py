@@ -58,14 +58,6 @@ def start_server(tmp_path: Path) -> subprocess.Popen:
         log.close()
 
 
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
 
 
 @pytest.fixture
