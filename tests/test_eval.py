@@ -59,7 +59,9 @@ def test_leave_one_out_on_chains_is_perfect_for_knn_and_service():
     assert s["service"]["hr@10"] == 1.0
     assert s["service"]["ndcg@10"] >= 0.8        # the chain's next item comes (nearly) first
     assert s["service_no_llm"] == s["service"]    # no model output in this journal
-    assert 0.0 <= s["popularity"]["hr@10"] <= 1.0
+    # popularity ranks the 8 items of both cycles the same for everyone: it cannot know
+    # which cycle a user walks, so it misses some held-out items the service finds
+    assert s["popularity"]["hr@10"] < s["service"]["hr@10"]
 
 
 def test_prequential_on_chains():
@@ -70,9 +72,9 @@ def test_prequential_on_chains():
     # after the warm-up every chain has been walked: the next item is known
     assert s["service"]["hr@10"] >= 0.95
     assert s["item_knn_last"]["hr@10"] >= 0.9
-    for system in ev.SYSTEMS:
-        for key in ("hr@10", "ndcg@10", "cold_hr@10"):
-            assert 0.0 <= s[system][key] <= 1.0
+    for system in ev.SYSTEMS:         # a hit scores at most 1 in NDCG: ndcg <= hr
+        assert s[system]["ndcg@10"] <= s[system]["hr@10"]
+        assert s[system]["hr@10"] > 0.0
 
 
 def test_sampled_prequential_is_seeded():

@@ -174,7 +174,7 @@ def test_expired_requests_are_dropped_with_deadline_exceeded(started):
     futs = [block(inf, gate, order)]
     late = submit(inf, "late", "online", order, deadline_s=0.05)
     ok = submit(inf, "ok", "background", order)
-    time.sleep(0.15)
+    time.sleep(0.15)                           # not a barrier: the deadline must pass
     gate.release.set()
     assert isinstance(late.get(timeout=TIMEOUT), DeadlineExceeded)
     assert isinstance(ok.get(timeout=TIMEOUT), ProfileResult)
@@ -221,7 +221,7 @@ def test_coalesced_job_takes_earliest_deadline(started):
     futs = [block(inf, gate, order)]
     f1 = submit(inf, "u", "background", order, deadline_s=60)
     f2 = submit(inf, "u", "background", order, deadline_s=0.05)
-    time.sleep(0.15)
+    time.sleep(0.15)                           # not a barrier: the deadline must pass
     gate.release.set()
     assert isinstance(f1.get(timeout=TIMEOUT), DeadlineExceeded)
     assert isinstance(f2.get(timeout=TIMEOUT), DeadlineExceeded)
@@ -235,8 +235,7 @@ def test_online_preempts_running_background_which_is_requeued(started):
     bg = submit(inf, "bg", "background", order)
     t_end = time.monotonic() + TIMEOUT
     while not backend.complete_calls and time.monotonic() < t_end:
-        time.sleep(0.005)
-    time.sleep(0.05)
+        time.sleep(0.005)                      # polling a condition: the generation runs
     t0 = time.monotonic()
     online = submit(inf, "on", "online", order)
     res_on = online.get(timeout=TIMEOUT)
@@ -341,7 +340,11 @@ def test_stop_answers_waiting_requests(started):
     waiting = submit(inf, "w", "background", order)
     stopper = threading.Thread(target=inf.stop, kwargs={"timeout": TIMEOUT})
     stopper.start()
-    time.sleep(0.05)
+    inbox = inf._ref.actor_inbox  # noqa: SLF001 - the stop request has reached the inbox
+    t_end = time.monotonic() + TIMEOUT
+    while not inbox.stop_requested and time.monotonic() < t_end:
+        time.sleep(0.005)
+    assert inbox.stop_requested
     gate.release.set()
     stopper.join(TIMEOUT)
     assert isinstance(waiting.get(timeout=TIMEOUT), Unavailable)
