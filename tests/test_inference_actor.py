@@ -234,8 +234,9 @@ def test_online_preempts_running_background_which_is_requeued(started):
     order: list[str] = []
     bg = submit(inf, "bg", "background", order)
     t_end = time.monotonic() + TIMEOUT
-    while not backend.complete_calls and time.monotonic() < t_end:
-        time.sleep(0.005)                      # polling a condition: the generation runs
+    while backend.tokens_emitted < 3 and time.monotonic() < t_end:
+        time.sleep(0.005)                      # polling a condition: bg is generating
+    assert backend.tokens_emitted >= 3
     t0 = time.monotonic()
     online = submit(inf, "on", "online", order)
     res_on = online.get(timeout=TIMEOUT)

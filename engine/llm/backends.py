@@ -386,6 +386,7 @@ class FakeBackend(_Identity):
         self.complete_calls: list[str] = []
         self.embed_calls: list[list[str]] = []
         self.preemptions = 0
+        self.tokens_emitted = 0         # across all calls: lets a test wait for progress
         self.closed = False
 
     def complete(
@@ -407,6 +408,7 @@ class FakeBackend(_Identity):
         for i in range(n):
             if self.token_delay_s:
                 time.sleep(self.token_delay_s)
+            self.tokens_emitted += 1
             if stop_check is not None and stop_check():
                 with self._lock:
                     self.preemptions += 1
