@@ -338,6 +338,9 @@ def test_overloaded_ingest_is_429_with_retry_after(start, stalled_users):
     limits = srv.service.limits
     for i in range(10):
         srv.service.ingest_events([parse_event(event(f"e{i}", user=f"u{i}"), limits)])
+    # all committed first: mid-commit, busy() can read the head before and the writer's
+    # pending events after the commit, and briefly see no backlog
+    wait_for(lambda: srv.service.log.head == 10, reason="the events committed")
     wait_for(srv.service.busy, reason="the backlog past max_lag_events")
     error, head = error_of(srv, "POST", "/v1/events", 429, "overloaded",
                            body=[event("late", item="m1")])

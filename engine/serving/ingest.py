@@ -106,8 +106,8 @@ class IngestLoop(SocketThread):
             except zmq.Again:
                 return
             self.metrics.add("ingest_disconnects")
-            self.warn.warning("ingest: a producer was disconnected (it went away, or sent a "
-                              "frame over 4x limits.max_message_bytes)")
+            logger.info("ingest: a producer disconnected (it went away, or sent a frame over "
+                        "4x limits.max_message_bytes)")
 
     def _drain(self, sock, budget: int = 512) -> None:
         events = []

@@ -338,19 +338,15 @@ class Service:
         if self.inference is not None:
             self.inference.stop(timeout)
         deadline = time.monotonic() + timeout
-        for name in ("users", "catalog", "learner"):
+        for name in ("users", "catalog"):       # the learner may lag: it resumes at restart
             self.runners[name].drain(max(0.1, deadline - time.monotonic()))
-        for runner in self.runners.values():
-            runner.stop(max(0.1, deadline - time.monotonic()))
+        for name, runner in self.runners.items():
+            # the learner gets time to write its checkpoint whatever the drains took
+            runner.stop(max(5.0 if name == "learner" else 0.1, deadline - time.monotonic()))
         self.log.close()
         self.reader.stop()
         self.users.stop_all(max(0.1, deadline - time.monotonic()))
         self._sweeper.join(1.0)
-        if isinstance(self.learner, LearnerProjection):
-            try:
-                self.learner.save_position(self.runners["learner"].position)
-            except (OSError, InterestError) as exc:
-                logger.error("could not save the recommender checkpoint: %s", exc)
         stopped = self.writer.stop(max(1.0, deadline - time.monotonic()))
         self.dispatcher.shutdown(1.0)
         if stopped:
