@@ -294,6 +294,12 @@ def test_a_body_over_the_size_limit_is_400_and_never_read_whole(start):
     finally:
         sock.close()
     assert reply.startswith(b"HTTP/1.1 400") and b"Content-Length" in reply
+    sock = raw(srv, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1e3\r\n\r\n[]")
+    try:
+        reply = read_all(sock)                          # answered, then closed
+    finally:
+        sock.close()
+    assert reply.startswith(b"HTTP/1.1 400") and b"Connection: close" in reply
 
 
 def test_unknown_routes_are_404_and_wrong_methods_405(shared):

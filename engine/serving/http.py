@@ -300,8 +300,12 @@ class HttpSide:
             logger.exception("unexpected failure answering %s over HTTP", op)
             reply(InterestError(f"{type(exc).__name__}: {exc}"))
         wait = self.request_timeout_s if wait_s is None else min(wait_s, self.request_timeout_s)
-        result = box[0] if done.wait(wait) else \
-            DeadlineExceeded(f"no answer within {wait:g} s ({request.get('op')})")
+        if done.wait(wait):
+            result = box[0]
+        else:
+            result = DeadlineExceeded(f"no answer within {wait:g} s ({request.get('op')})" + (
+                "; the events may still be applied: re-send them, the same ids are duplicates"
+                if op == "ingest" else ""))
         metrics = self.service.metrics
         metrics.latency(op, (time.perf_counter() - t0) * 1000)
         if isinstance(result, InterestError):
@@ -644,8 +648,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         side = self.server.side
         length = self.headers.get("Content-Length")
-        self._body_left = 1 if self.headers.get("Transfer-Encoding") else \
-            int(length) if length and length.isdigit() else 0
+        if self.headers.get("Transfer-Encoding") or (length is not None and not length.isdigit()):
+            self._body_left = 1                  # a body of unknown length: close after answering
+        else:
+            self._body_left = int(length or 0)
         path, _, query = self.path.partition("?")
         found = route(path)
         if found is None:
