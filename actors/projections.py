@@ -5,8 +5,8 @@
   the batch is applied when every actor has acknowledged. Durable position:
   ``position/users`` in the store's meta (a restart re-delivers what came
   after it; actors skip entries they already hold, so delivery is idempotent).
-* ``CatalogProjection``: folds ``item`` and ``user_attrs`` entries into the
-  in-memory ``Catalog`` that readers share. Its durable state is the
+* ``CatalogProjection`` (required too): folds ``item`` and ``user_attrs``
+  entries into the in-memory ``Catalog`` that readers share. Its durable state is the
   materialised catalog the writer keeps in the same transaction as the log,
   so it starts from the head it loaded at.
 * ``ProfileProjection``: counts each user's behaviour entries since the
@@ -92,6 +92,7 @@ class UserStateProjection(Projection):
 
 class CatalogProjection(Projection):
     name = "catalog"
+    required = True
 
     def __init__(self, store: Store, catalog: Catalog, dead: DeadLetters,
                  on_items: Callable[[list], None] | None = None):

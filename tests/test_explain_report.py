@@ -177,6 +177,7 @@ def test_content_contribution_splits_exactly_over_tags(client):
                                   item_event("c", ["Drama", "War", "History"]),
                                   event("x1", "purchase", item="a"),
                                   event("x2", "view", item="b", ts=200.0)])
+    learned(client)                              # the models know the new items
     reply = client.call("explain", user="u1", item="c")["item"]
     content = reply["sources"]["content"]
     assert content > 0

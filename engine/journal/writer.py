@@ -112,11 +112,11 @@ class Writer:
                 batch.meta.extend(job.meta)
                 batch.dead_letters.extend(job.dead_letters)
                 batch.positions.extend(job.positions)
-            with self._count_lock:
-                self._pending_events -= len(batch.events)
             results = self._commit(batch)
             if not isinstance(results, InterestError):
                 self._publish(results)
+            with self._count_lock:      # only now: an event is always pending or in the log
+                self._pending_events -= len(batch.events)
             self._finish(jobs, results)
 
     def _commit(self, batch: WriteBatch):

@@ -37,6 +37,10 @@ class LearnerProjection(Projection):
         self.checkpoint_path = Path(checkpoint_path)
         self.publish_s = publish_s
         self._unpublished: list = []          # done callbacks of batches learned, not published
+        self._learned = 0
+        #: catalog_at(position, timeout): wait until the shared catalog holds the entries up
+        #: to ``position`` (the catalog projection's thread fills it)
+        self.catalog_at = None
         self._published_at = time.monotonic()
         self.publishes = 0
         self.publish_ms = 0.0
@@ -60,6 +64,7 @@ class LearnerProjection(Projection):
             except Exception as exc:  # noqa: BLE001
                 self.dead.record(entry, self.name, exc)
         self._unpublished.append(done)
+        self._learned = entries[-1].gseq
         # at most every publish_s, and never spending more than a fifth of the time publishing
         if time.monotonic() - self._published_at >= max(self.publish_s, self.publish_ms / 250):
             self.publish()
@@ -70,6 +75,8 @@ class LearnerProjection(Projection):
             self.publish()
 
     def publish(self) -> None:
+        if self.catalog_at is not None and self._learned:     # the tag matrix as of our position
+            self.catalog_at(self._learned, 1.0)
         t0 = time.perf_counter()
         self.recommender.learner.publish()
         self.publish_ms = (time.perf_counter() - t0) * 1000

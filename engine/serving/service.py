@@ -52,6 +52,8 @@ from engine.serving.requests import (Explain, Flush, Ingest, Interests, Ping, Re
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+#: what an `ingest` reply and `flush` wait for: a later read sees the events
+REQUIRED = ("users", "catalog")
 
 
 class Service:
@@ -154,11 +156,18 @@ class Service:
                         for p, every in projections}
         if isinstance(self.learner, LearnerProcess):
             self.runners["learner"] = self.learner.start()
+        else:
+            self.learner.catalog_at = self._catalog_at
         if on_items is not None:
             on_items(list(self.catalog.ids))
         for runner in self.runners.values():
             if runner is not self.learner:
                 runner.start()
+
+    def _catalog_at(self, position: int, timeout: float) -> None:
+        done = threading.Event()
+        self.runners["catalog"].when_at(position, lambda _applied: done.set())
+        done.wait(timeout)
 
     # ------------------------------------------------------------ ingest
 
@@ -182,31 +191,33 @@ class Service:
             self.metrics.add("duplicates", duplicates)
 
     def _committed(self, results, head: int, done: Callable) -> None:
-        """Writer thread: answer once the user-state projection has reached ``head``."""
+        """Writer thread: answer once the required projections (user state and the
+        catalog: read-your-writes) have reached ``head``."""
         self._count_committed(results, head)
         if isinstance(results, InterestError):
             done(results)
             return
-        self.runners["users"].when_at(
-            head, lambda applied: done(results if applied else _stopping_error()))
+        _when_all([self.runners[name] for name in REQUIRED], head,
+                  lambda applied: done(results if applied else _stopping_error()))
 
     def busy(self) -> bool:
         """True while the backlog (head minus the slowest required projection, plus what
         waits to be committed) or the learner's lag is past its limit."""
         cfg = self.config["projections"]
-        head = self.log.head
-        if head - self.runners["users"].position + self.writer.pending_events() > cfg["max_lag_events"]:
+        if self.backlog() > cfg["max_lag_events"]:
             return True
-        return head - self.runners["learner"].position > cfg["max_learner_lag_events"]
+        return self.log.head - self.runners["learner"].position > cfg["max_learner_lag_events"]
 
     def retry_after_ms(self) -> int:
         return int(self.config["projections"]["retry_after_ms"])
 
-    def flush(self, on_done: Callable[[bool], None], projections=("users",)) -> None:
+    def flush(self, on_done: Callable[[bool], None], projections=None) -> None:
         """``on_done(True)`` once everything submitted before now is durable and applied
         by ``projections`` (``on_done(False)`` if the service stops first)."""
+        names = REQUIRED if projections is None else projections
+
         def at_barrier(head: int) -> None:
-            _when_all([self.runners[name] for name in projections], head, on_done)
+            _when_all([self.runners[name] for name in names], head, on_done)
         self.writer.barrier(at_barrier)
 
     # ------------------------------------------------------------ api ops
@@ -266,7 +277,11 @@ class Service:
         self.ingest_events(events, done)
 
     def backlog(self) -> int:
-        return self.log.head - self.runners["users"].position + self.writer.pending_events()
+        """Events received and not yet applied by the user projection. Pending is read
+        before the head: an event leaves ``pending`` only once it is in the log, so a
+        commit between the two reads counts it twice, never zero times."""
+        pending = self.writer.pending_events()
+        return self.log.head - self.runners["users"].position + pending
 
     # -------------------------------------------------------------- stats
 
