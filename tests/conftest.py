@@ -3,6 +3,7 @@ and torn down with a time limit. Addresses use random localhost ports."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -11,6 +12,7 @@ import zmq
 from engine.serving.client import Client, Publisher
 from engine.config import load_config
 from engine.serving.server import Server
+from engine.projections.state import InterestState
 
 RANDOM_PORT = "tcp://127.0.0.1:*"
 
@@ -51,6 +53,20 @@ def config():
     as a process): the same Learner, without a process start per server."""
     return load_config(store={"sync": False}, inference={"enabled": False},
                        runtime={"sweep_seconds": 0.2}, projections={"learner": "thread"})
+
+
+@pytest.fixture
+def stalled_users(monkeypatch):
+    """Every fold waits for ``release`` (the user-state projection stalls)."""
+    release = threading.Event()
+    real = InterestState.update
+
+    def update(self, entry, params):
+        release.wait(10)
+        real(self, entry, params)
+    monkeypatch.setattr(InterestState, "update", update)
+    yield release
+    release.set()
 
 
 @pytest.fixture

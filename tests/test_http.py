@@ -68,20 +68,6 @@ def shared(tmp_path_factory):
     srv.stop()
 
 
-@pytest.fixture
-def stalled_users(monkeypatch):
-    """Every fold waits for ``release``: the user-state projection stalls."""
-    release = threading.Event()
-    real = InterestState.update
-
-    def update(self, entry, params):
-        release.wait(10)
-        real(self, entry, params)
-    monkeypatch.setattr(InterestState, "update", update)
-    yield release
-    release.set()
-
-
 def request(target, method, path, body=None, headers=None, timeout=TIMEOUT):
     """(status, headers with lower-case names, body bytes); the connection is closed."""
     host, _, port = (target.http.bound if hasattr(target, "http") else target.bound) \

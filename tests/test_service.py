@@ -189,20 +189,6 @@ def test_a_failing_profile_projection_entry_is_dead_lettered(config, make_servic
 # ------------------------------------------------------------ backpressure, deadlines
 
 
-@pytest.fixture
-def stalled_users(monkeypatch):
-    """Every fold waits for ``release`` (the user-state projection stalls)."""
-    release = threading.Event()
-    real = InterestState.update
-
-    def update(self, entry, params):
-        release.wait(10)
-        real(self, entry, params)
-    monkeypatch.setattr(InterestState, "update", update)
-    yield release
-    release.set()
-
-
 def test_backpressure_pauses_ingest_and_answers_overloaded(config, make_service, stalled_users):
     config["projections"]["max_lag_events"] = 5
     service = make_service(config)
