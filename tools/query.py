@@ -56,6 +56,8 @@ def main(argv: list[str]) -> int:
         except DeadlineExceeded as exc:
             print(json.dumps({"ok": False, "error": {"code": "deadline_exceeded",
                                                      "message": str(exc)}}))
+            print(f"interest query: no answer; is `interest serve` running at {args.api}?",
+                  file=sys.stderr)
             return 3
     print(json.dumps(reply, indent=2, default=str))
     return 0 if reply.get("ok") else 1
