@@ -70,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="config file overlaid on the defaults")
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    rec = Recommender(Catalog(), FoldParams.from_config(config),
-                      config["recommend"]["popularity_half_life_s"],
-                      feedback_every=config["recommend"]["feedback_every"],
-                      max_histories=config["recommend"]["max_histories"])
+    rec = Recommender.from_config(Catalog(), FoldParams.from_config(config), config)
     t0 = time.time()
     try:
         if args.data:

@@ -323,9 +323,7 @@ class _Child:
             self.catalog.put_user_attrs(user, attrs)
         self.path = model_path(data_dir)
         params = FoldParams.from_config(config)
-        self.rec = self._load(lambda: Recommender(
-            self.catalog, params, rec_cfg["popularity_half_life_s"],
-            feedback_every=rec_cfg["feedback_every"], max_histories=rec_cfg["max_histories"]))
+        self.rec = self._load(lambda: Recommender.from_config(self.catalog, params, config))
         self.position = self.rec.gseq
         self.publish_s = config["projections"]["publish_ms"] / 1000
         self.checkpoint_s = rec_cfg["checkpoint_seconds"]

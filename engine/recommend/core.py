@@ -56,6 +56,13 @@ class Recommender:
             raise AttributeError(name)
         return getattr(self.learner, name)
 
+    @classmethod
+    def from_config(cls, catalog, params, config: dict) -> "Recommender":
+        """The recommender the service runs, with the ``[recommend]`` settings."""
+        rec = config["recommend"]
+        return cls(catalog, params, rec["popularity_half_life_s"],
+                   feedback_every=rec["feedback_every"], max_histories=rec["max_histories"])
+
     # ------------------------------------------------------------ hooks
 
     @property

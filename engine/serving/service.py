@@ -86,11 +86,8 @@ class Service:
     # ------------------------------------------------------------ wiring
 
     def _build_models(self) -> None:
-        rec = self.config["recommend"]
         self.catalog = Catalog()
-        self.recommender = Recommender(self.catalog, self.params, rec["popularity_half_life_s"],
-                                       feedback_every=rec["feedback_every"],
-                                       max_histories=rec["max_histories"])
+        self.recommender = Recommender.from_config(self.catalog, self.params, self.config)
         path = model_path(self.data_dir)
         try:
             if self.recommender.load(path):
@@ -106,10 +103,7 @@ class Service:
 
     def _discard_models(self, why: str) -> None:
         logger.warning("%s; rebuilding the models from the journal", why)
-        rec = self.config["recommend"]
-        self.recommender = Recommender(self.catalog, self.params, rec["popularity_half_life_s"],
-                                       feedback_every=rec["feedback_every"],
-                                       max_histories=rec["max_histories"])
+        self.recommender = Recommender.from_config(self.catalog, self.params, self.config)
 
     def _build_learner(self) -> None:
         """The model learner: a projection thread here, or a process of its own."""
