@@ -34,9 +34,16 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv and argv[0] == "--version":
+        from importlib.metadata import version  # noqa: PLC0415
+        print(f"interest {version('interest-capture')}")
+        return 0
+    if not argv:
+        print(_usage(), file=sys.stderr)
+        return 2
     entry = COMMANDS.get(argv[0])
     if entry is None or importlib.util.find_spec(entry[0]) is None:
         print(f"interest: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
