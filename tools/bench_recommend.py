@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         with Client(server.api) as c:
             stats = c.call("stats")
         out["learner_lag_events"] = stats["projections"]["learner"]["lag_events"]
+        out["learner"] = stats["projections"]["learner"]
         out["target_rate"] = args.rate
     print(json.dumps(out))
     return 0

@@ -163,6 +163,7 @@ class LearnerProcess(Positioned):
         self._outbox: list = []
         self._closing = False
         self.publishes = 0
+        self.unpack_ms = 0.0
         self.restarts = 0
         self.child_stats: dict = {}
         self.receiver = Receiver()
@@ -207,7 +208,8 @@ class LearnerProcess(Positioned):
     def stats(self) -> dict:
         out = {k: v for k, v in self.child_stats.items() if k != "recommender"}
         return {"process": self._proc.pid, "alive": self._proc.is_alive(),
-                "publishes": self.publishes, "restarts": self.restarts, **out}
+                "publishes": self.publishes, "restarts": self.restarts,
+                "last_unpack_ms": round(self.unpack_ms, 2), **out}
 
     def recommender_stats(self) -> dict:
         """The models' own statistics, as of the last snapshot the child sent."""
@@ -272,7 +274,9 @@ class LearnerProcess(Positioned):
     def _on_message(self, kind: str, payload) -> None:
         if kind == "models":
             position, packed, delta, stats = payload
+            t0 = time.perf_counter()
             models = self._attach(self.receiver.unpack(*packed))
+            self.unpack_ms = (time.perf_counter() - t0) * 1000
             apply_fusion_delta(self.fusion, delta)
             self.models = models
             self.publishes += 1
@@ -365,8 +369,9 @@ class _Child:
                 learned += len(entries)
             now = time.monotonic()
             spacing = max(self.publish_s, self.publish_ms / 250)
-            if (learned or self.rec.learner.changed()) and \
-                    (now - published_at >= spacing or not entries):
+            # at most every ``spacing``, caught up or not: every snapshot the service takes
+            # in holds its GIL while it is unpickled
+            if (learned or self.rec.learner.changed()) and now - published_at >= spacing:
                 self._publish()
                 published_at, learned = time.monotonic(), 0
             if now - saved_at >= self.checkpoint_s:
