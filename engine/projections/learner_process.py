@@ -40,6 +40,7 @@ from engine.journal.codec import CATALOG_STREAM
 from engine.journal.events import PROFILE_TYPE
 from engine.projections.log import CommittedLog
 from engine.projections.runner import DeadLetters, Positioned
+from engine.recommend.scorers import Rows
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,54 @@ SEND_S = 0.05
 
 
 def detach(models):
-    """A copy of ``models`` without its live references (they do not cross processes)."""
+    """A copy of ``models`` for the service: without its live references (they do not
+    cross processes), and with each neighbour table packed into three arrays."""
     out = copy.copy(models)
     out.fusion = out.catalog = out.served = None
+    out.scorers = tuple(_packed(scorer) for scorer in models.scorers)
     return out
+
+
+def _packed(scorer):
+    rows = getattr(scorer, "rows", None)
+    if not isinstance(rows, Rows):
+        return scorer
+    out = copy.copy(scorer)
+    out.rows = Rows(PackedRows(rows.rows), rows.totals)
+    return out
+
+
+class PackedRows:
+    """A neighbour table's rows as one CSR (offsets, positions, counts) instead of two
+    small arrays per item: the service takes a snapshot in with a few large copies, not
+    thousands of small objects. ``rows[i]`` is ``(positions, counts)`` or None, as in
+    the list it replaces; the arrays are read-only views."""
+
+    __slots__ = ("indptr", "idx", "vals")
+
+    def __init__(self, rows: list):
+        lengths = np.fromiter((0 if r is None else len(r[0]) for r in rows), np.intp, len(rows))
+        self.indptr = np.zeros(len(rows) + 1, dtype=np.intp)
+        np.cumsum(lengths, out=self.indptr[1:])
+        present = [r for r in rows if r is not None]
+        self.idx = np.concatenate([r[0] for r in present]) if present else \
+            np.zeros(0, dtype=np.intp)
+        self.vals = np.concatenate([r[1] for r in present]) if present else np.zeros(0)
+        for array in (self.indptr, self.idx, self.vals):
+            array.flags.writeable = False
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    def __getitem__(self, i: int):
+        a, b = int(self.indptr[i]), int(self.indptr[i + 1])
+        return None if a == b else (self.idx[a:b], self.vals[a:b])
+
+    def __getstate__(self):
+        return self.indptr, self.idx, self.vals
+
+    def __setstate__(self, state) -> None:
+        self.indptr, self.idx, self.vals = state
 
 
 def fusion_delta(fusion, users) -> dict:
