@@ -33,7 +33,6 @@ without a round trip through the (possibly busy) actor.
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time

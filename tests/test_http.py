@@ -20,7 +20,6 @@ import pytest
 
 from engine.config import load_config
 from engine.journal.events import parse_event
-from engine.projections.state import InterestState
 from engine.serving.http import (HttpConfigError, HttpSide, MetricFamilies, load_tokens,
                                  metric_name, parse_address)
 from engine.serving.server import Server

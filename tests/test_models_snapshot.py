@@ -18,7 +18,7 @@ from engine.recommend import Learner, Recommender
 from engine.recommend.learner import rewards_of
 from engine.recommend.models import Scored
 from tests.reference_sources import (ref_explain, ref_recommend, ref_rewards, ref_scores,
-                                     ref_source, score_dict)
+                                     score_dict)
 
 PARAMS = FoldParams.from_config(load_config())
 TAGS = ["a", "b", "c", "d", "e"]

@@ -41,7 +41,6 @@ An entry is credited at most once.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import zlib

@@ -17,7 +17,6 @@ counts as ``ingest_disconnects``).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import zmq
