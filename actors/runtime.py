@@ -296,10 +296,6 @@ class ActorDirectory:
         slot = self._live.get(key)
         return None if slot is None else slot[0]._actor_weakref()  # noqa: SLF001
 
-    def keys_view(self):
-        """A live view of the active keys (membership tests only)."""
-        return self._live.keys()
-
     def keys(self) -> list[str]:
         with self._lock:
             return list(self._live)

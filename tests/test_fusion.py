@@ -87,7 +87,6 @@ def test_served_list_is_credited_once_on_the_next_item():
     assert rec.fusion.stats()["updates"]["cold"] == 1
     mine = rec.fusion.weights("b", "cold")
     assert mine["sequential"] > rec.fusion.weights(None, "cold")["sequential"]
-    rec.feedback(state, e2)                            # kept for callers: does nothing
     state.update(e2, PARAMS)
     rec.observe(_entry("b", 3, "i2", 12.0))            # nothing served since: no credit
     assert rec.credits == {"served": 1, "feedback": 0}

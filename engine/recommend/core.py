@@ -16,9 +16,8 @@ own schedule, ``changed``, ``save``) and gives readers ``learner.models``
 its ``observe``/``snapshot``/``recommend``/``explain``/``save`` would learn or
 publish off the learner thread. ``load`` belongs before that thread starts.
 
-``feedback(state, entry)`` is kept for callers and does nothing: the sampled
-feedback credit moved into ``observe`` (engine.recommend.learner), so nothing
-on the user-actor path scores.
+The sampled feedback credit is part of ``observe`` (engine.recommend.learner),
+so nothing on the user-actor path scores.
 """
 
 from __future__ import annotations
@@ -108,9 +107,6 @@ class Recommender:
         """Learn from one committed user entry (in commit order)."""
         with self._lock:
             self.learner.observe(entry)
-
-    def feedback(self, state, entry) -> None:
-        """Does nothing: the sampled feedback credit is part of ``observe`` now."""
 
     def snapshot(self) -> Models:
         """The current immutable models, published first if anything changed."""
