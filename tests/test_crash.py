@@ -97,3 +97,19 @@ def test_kill_9_loses_no_acknowledged_event_and_resending_creates_no_duplicates(
                             str(tmp_path / "data"), "--no-progress"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_sigterm_stops_the_service_promptly_even_when_repeated(tmp_path, procs):
+    """A signal handler that set a threading.Event could deadlock the main thread on the
+    lock its own Event.wait() held; two SIGTERMs in a row made that likely."""
+    proc = start_server(tmp_path)
+    procs.append(proc)
+    client = Client(f"ipc://{tmp_path}/api", timeout=5)
+    try:
+        wait_ready(client, proc)
+        client.call("ingest", events=batch(10))
+    finally:
+        client.close()
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0

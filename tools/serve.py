@@ -87,8 +87,11 @@ def main(argv: list[str]) -> int:
         """A socket loop cannot go on: stop, and exit non-zero so a supervisor restarts us."""
         failed.append(exc)
         stop.set()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signalled: list[int] = []
+    # a handler only records the signal: Event.set() from a handler can deadlock on the
+    # lock the interrupted Event.wait() holds; the main loop below polls the record
+    signal.signal(signal.SIGTERM, lambda signum, _frame: signalled.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: signalled.append(signum))
     try:
         _inference, server = start(config, data_dir, args, on_fatal)
     except (InterestError, RuntimeError, OSError, zmq.ZMQError) as exc:
@@ -99,7 +102,8 @@ def main(argv: list[str]) -> int:
     if server.http is not None:
         print(f"interest: http on {server.http.url} (/metrics /healthz /readyz /dashboard /v1)",
               flush=True)
-    stop.wait()
+    while not signalled and not stop.wait(0.2):
+        pass
     log.info("stopping" if not failed else "stopping after a fatal error: %s", *failed[:1])
     try:
         server.stop()

@@ -30,6 +30,7 @@ import itertools
 import logging
 import multiprocessing as mp
 import pickle
+import signal
 import threading
 import time
 from pathlib import Path
@@ -337,7 +338,13 @@ class LearnerProcess(Positioned):
 
 
 def run_child(conn, config: dict, data_dir: str) -> None:
-    """The learner process: learn from the log, publish snapshots, checkpoint, until told."""
+    """The learner process: learn from the log, publish snapshots, checkpoint, until told.
+
+    It ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): the
+    service stops it through the pipe, and its end of the pipe closing (the service
+    was killed) ends it too."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s learner: %(message)s")
     try:
