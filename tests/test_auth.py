@@ -40,14 +40,6 @@ def assert_silent(sock: zmq.Socket, reason: str) -> None:
 
 
 @pytest.fixture
-def context():
-    """This module's own context (the authenticator binds ZAP's address in it)."""
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture
 def keys(tmp_path):
     """A server pair and one client per role in clients/ (the server pair too: it is
     skipped), and a stranger whose certificate is elsewhere."""

@@ -35,13 +35,19 @@ def _snapshot(client: Client) -> tuple:
     return stats["fusion"]["segments"], stats["gseq"], recs
 
 
-def test_restart_resumes_from_the_checkpoint(config, tmp_path, context):
-    data = tmp_path / "data"
+def _first_run(config, data, context) -> tuple:
+    """Ingest a stream, learn it, stop (the checkpoint is written): what it served."""
     with Server(config, data, ingest=RANDOM_PORT, api=RANDOM_PORT) as first:
         client = Client(first.api, context=context)
         client.call("ingest", events=_stream(200))
-        weights, gseq, recs_before = _snapshot(client)
+        served = _snapshot(client)
         client.close()
+    return served
+
+
+def test_restart_resumes_from_the_checkpoint(config, tmp_path, context):
+    data = tmp_path / "data"
+    weights, gseq, recs_before = _first_run(config, data, context)
     assert model_path(data).exists()
     with Server(config, data, ingest=RANDOM_PORT, api=RANDOM_PORT) as second:
         recommender = second.service.recommender
@@ -63,11 +69,7 @@ def test_restart_resumes_from_the_checkpoint(config, tmp_path, context):
 def test_a_damaged_checkpoint_is_discarded_and_the_models_rebuilt(config, tmp_path, context,
                                                                  damage, caplog):
     data = tmp_path / "data"
-    with Server(config, data, ingest=RANDOM_PORT, api=RANDOM_PORT) as first:
-        client = Client(first.api, context=context)
-        client.call("ingest", events=_stream(200))
-        _, gseq, recs_before = _snapshot(client)
-        client.close()
+    _, gseq, recs_before = _first_run(config, data, context)
     raw = bytearray(model_path(data).read_bytes())
     if damage == "truncate":
         raw = raw[:len(raw) // 2]

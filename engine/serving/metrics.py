@@ -10,7 +10,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-OPS = ("ping", "ingest", "flush", "interests", "recommend", "explain", "stats")
+from engine.serving.requests import OPS as REQUEST_OPS
+
+OPS = tuple(REQUEST_OPS)           # the protocol's ops, as engine.serving.requests parses them
 
 
 def op_key(op) -> str:
