@@ -25,7 +25,7 @@ from engine.errors import BadRequest
 from engine.journal.codec import decode_frame
 from engine.logs import RateLimitedLog
 from engine.serving.loops import SocketThread
-from engine.serving.requests import parse_batch
+from engine.serving.requests import check_batch_size, parse_batch
 
 logger = logging.getLogger(__name__)
 
@@ -136,11 +136,12 @@ class IngestLoop(SocketThread):
             self.warn.warning("ingest: rejected a message: %s", exc)
             return []
         batch = obj if isinstance(obj, list) else [obj]
-        if len(batch) > self.limits["max_batch_events"]:
+        try:
+            check_batch_size(len(batch), "a message", "events", self.limits)
+        except BadRequest as exc:
             self.metrics.add("rejected", len(batch))
             self.metrics.add("rejected_messages")
-            self.warn.warning("ingest: rejected a batch of %d events (limit %d)", len(batch),
-                              self.limits["max_batch_events"])
+            self.warn.warning("ingest: rejected a message: %s", exc)
             return []
         events, rejected = parse_batch(batch, self.limits)
         if rejected:

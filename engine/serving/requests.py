@@ -112,13 +112,17 @@ def parse_request(obj: Any, limits: dict, default_k: int = 10) -> Request:
 # ------------------------------------------------------------------ fields
 
 
+def check_batch_size(n: int, what: str, unit: str, limits: dict) -> None:
+    """``BadRequest`` when ``n`` events (or candidates) are past ``limits.max_batch_events``."""
+    if n > limits["max_batch_events"]:
+        raise BadRequest(f"{what} has {n} {unit}; the limit is {limits['max_batch_events']}")
+
+
 def _events(obj: dict, limits: dict) -> tuple:
     raw = obj.get("events")
     if not isinstance(raw, list):
         raise BadRequest("field 'events' must be a list of event maps")
-    if len(raw) > limits["max_batch_events"]:
-        raise BadRequest(f"field 'events' has {len(raw)} events; the limit is "
-                         f"{limits['max_batch_events']}")
+    check_batch_size(len(raw), "field 'events'", "events", limits)
     return tuple(raw)
 
 
@@ -169,9 +173,7 @@ def _candidates(obj: dict, limits: dict) -> tuple | None:
         return None
     if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
         raise BadRequest("field 'candidates' must be a list of item ids")
-    if len(candidates) > limits["max_batch_events"]:
-        raise BadRequest(f"field 'candidates' has {len(candidates)} items; the limit is "
-                         f"{limits['max_batch_events']}")
+    check_batch_size(len(candidates), "field 'candidates'", "items", limits)
     return tuple(candidates)
 
 
