@@ -43,20 +43,20 @@ from typing import Any
 import numpy as np
 import pykka
 
-from actors.inference_requests import (PRIORITIES, RANK, EmbedRequest, ProfileRequest,
+from interest.actors.inference_requests import (PRIORITIES, RANK, EmbedRequest, ProfileRequest,
                                        ProfileResult, _Caller, _Job, deadline_in)
-from actors.priority_inbox import InferenceStats, PriorityInbox
-from engine.llm import prompts
-from engine.llm.backends import Backend, LlamaBackend, Preempted
-from engine.errors import (
+from interest.actors.priority_inbox import InferenceStats, PriorityInbox
+from interest.engine.llm import prompts
+from interest.engine.llm.backends import Backend, LlamaBackend, Preempted
+from interest.engine.errors import (
     DeadlineExceeded,
     InterestError,
     ModelUnavailable,
     Unavailable,
     ValidationError,
 )
-from engine.llm.model_files import resolve_model_paths
-from engine.llm.result_cache import ResultCache
+from interest.engine.llm.model_files import resolve_model_paths
+from interest.engine.llm.result_cache import ResultCache
 
 __all__ = [
     "PRIORITIES",

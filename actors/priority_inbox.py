@@ -21,7 +21,7 @@ import numpy as np
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
-from actors.inference_requests import PRIORITIES, _Job
+from interest.actors.inference_requests import PRIORITIES, _Job
 
 LATENCY_WINDOW = 2048
 

@@ -29,8 +29,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from engine.errors import InterestError, Unavailable
-from engine.journal.events import PROFILE_TYPE, ProfileEvent
+from interest.engine.errors import InterestError, Unavailable
+from interest.engine.journal.events import PROFILE_TYPE, ProfileEvent
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +148,8 @@ class ProfileScheduler:
         self._at(due, actor.user, FreshTimeout(query.reply))
 
     def _submit(self, actor, priority: str, deadline: float, waiting=None) -> None:
-        from actors.inference import ProfileRequest  # noqa: PLC0415 - loads llama.cpp
-        from actors.messages import ProfileDone  # noqa: PLC0415
+        from interest.actors.inference import ProfileRequest  # noqa: PLC0415 - loads llama.cpp
+        from interest.actors.messages import ProfileDone  # noqa: PLC0415
         state, user = actor.state, actor.user
         items = tuple({"item": item, "title": self.catalog.title_of(item),
                        "tags": self.catalog.tags_of(item), "type": etype}
@@ -185,7 +185,7 @@ class ProfileScheduler:
         self.append_events([event], applied)
 
     def _interests(self, actor, stale: bool) -> dict:
-        from actors.user import interests_reply  # noqa: PLC0415
+        from interest.actors.user import interests_reply  # noqa: PLC0415
         return interests_reply(actor.state, actor.env.params, stale=stale)
 
     # ------------------------------------------------------------ catalog
@@ -194,7 +194,7 @@ class ProfileScheduler:
         """Embed catalog items (title, tags, text) at background priority."""
         if not self.inference.available or self.recommender is None:
             return
-        from actors.inference import EmbedRequest  # noqa: PLC0415
+        from interest.actors.inference import EmbedRequest  # noqa: PLC0415
         # one request per embed batch: an embedding call cannot be pre-empted, so small
         # requests let online and interactive work overtake between them
         for start in range(0, len(items), self.embed_batch):

@@ -25,13 +25,13 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from actors.messages import Apply
-from engine.journal.codec import CATALOG_STREAM
-from engine.journal.events import PROFILE_TYPE
-from engine.journal.store import Store
-from engine.journal.writer import WriteJob, Writer
-from engine.projections.catalog import Catalog
-from engine.projections.runner import DeadLetters, Projection
+from interest.actors.messages import Apply
+from interest.engine.journal.codec import CATALOG_STREAM
+from interest.engine.journal.events import PROFILE_TYPE
+from interest.engine.journal.store import Store
+from interest.engine.journal.writer import WriteJob, Writer
+from interest.engine.projections.catalog import Catalog
+from interest.engine.projections.runner import DeadLetters, Projection
 
 
 def load_position(store: Store, name: str) -> int:

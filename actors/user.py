@@ -23,14 +23,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from actors.messages import Apply, ProfileDone, Query
-from actors.runtime import PooledActor
-from engine.errors import InterestError
-from engine.journal.events import PROFILE_TYPE
-from engine.journal.store import Store
-from engine.journal.writer import WriteJob, Writer
-from engine.projections.runner import DeadLetters
-from engine.projections.state import FoldParams, InterestState
+from interest.actors.messages import Apply, ProfileDone, Query
+from interest.actors.runtime import PooledActor
+from interest.engine.errors import InterestError
+from interest.engine.journal.events import PROFILE_TYPE
+from interest.engine.journal.store import Store
+from interest.engine.journal.writer import WriteJob, Writer
+from interest.engine.projections.runner import DeadLetters
+from interest.engine.projections.state import FoldParams, InterestState
 
 logger = logging.getLogger(__name__)
 

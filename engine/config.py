@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
-from engine.errors import ConfigError
+from interest.engine.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 

@@ -9,10 +9,10 @@ import time
 import pytest
 import zmq
 
-from engine.serving.client import Client, Publisher
-from engine.config import load_config
-from engine.serving.server import Server
-from engine.projections.state import InterestState
+from interest.engine.serving.client import Client, Publisher
+from interest.engine.config import load_config
+from interest.engine.serving.server import Server
+from interest.engine.projections.state import InterestState
 
 RANDOM_PORT = "tcp://127.0.0.1:*"
 

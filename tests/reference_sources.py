@@ -12,8 +12,8 @@ from __future__ import annotations
 import heapq
 import numpy as np
 
-from engine.recommend.fusion import reward_of
-from engine.recommend.query import Query, recency, segments_of, tag_blend
+from interest.engine.recommend.fusion import reward_of
+from interest.engine.recommend.query import Query, recency, segments_of, tag_blend
 
 LLM_SOURCES = frozenset({"semantic"})
 

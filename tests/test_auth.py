@@ -16,11 +16,11 @@ import pytest
 import zmq
 from zmq.auth import load_certificate
 
-from engine.errors import DeadlineExceeded
-from engine.journal.codec import decode_frame, encode_frame
-from engine.serving import auth
-from engine.serving.auth import AuthConfigError, ROLES, ServerAuth, allowed, role_of
-from engine.serving.client import Client, Publisher
+from interest.engine.errors import DeadlineExceeded
+from interest.engine.journal.codec import decode_frame, encode_frame
+from interest.engine.serving import auth
+from interest.engine.serving.auth import AuthConfigError, ROLES, ServerAuth, allowed, role_of
+from interest.engine.serving.client import Client, Publisher
 
 RANDOM_PORT = "tcp://127.0.0.1:*"
 WAIT_MS = 5000          # a message that should arrive
@@ -126,7 +126,7 @@ def test_the_role_is_seen_on_a_pull_socket(keys, sockets, pull):
 def test_a_client_not_in_clients_dir_gets_no_answer(keys, sockets, router, caplog):
     sock, address = router
     client = curve_client(sockets, keys, "stranger", address)
-    with caplog.at_level(logging.WARNING, logger="engine.serving.auth"):
+    with caplog.at_level(logging.WARNING, logger="interest.engine.serving.auth"):
         client.send(b"let me in")
         assert_silent(sock, "a certificate outside clients_dir was let in")
     assert not client.poll(0)
@@ -236,7 +236,7 @@ def test_allowed_edge_cases():
 # ------------------------------------------------------------- key files
 
 def test_keys_new_writes_loadable_certificates_with_the_role(tmp_path, capsys):
-    from tools import cli
+    from interest.tools import cli
     assert cli.main(["keys", "new", str(tmp_path / "k"), "--name", "alice",
                      "--role", "producer"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -251,7 +251,7 @@ def test_keys_new_writes_loadable_certificates_with_the_role(tmp_path, capsys):
 
 
 def test_keys_new_server_and_defaults(tmp_path, capsys):
-    from tools import keys
+    from interest.tools import keys
     assert keys.main(["new", str(tmp_path), "--name", "server", "--server"]) == 0
     assert json.loads(capsys.readouterr().out)["role"] is None
     assert auth.read_metadata(tmp_path / "server.key") == {}
@@ -314,7 +314,7 @@ def test_a_certificate_without_a_valid_role_is_refused(tmp_path, metadata, messa
 
 
 def test_query_tool_reports_a_missing_key(tmp_path, capsys):
-    from tools import query
+    from interest.tools import query
     code = query.main(["ping", "--server-key", str(tmp_path / "s.key"),
                        "--client-key", str(tmp_path / "c.key_secret")])
     assert code == 2 and "s.key: no such certificate file" in capsys.readouterr().err
@@ -356,7 +356,7 @@ def request(op: str):
 
 def test_server_auth_hooks_authorize_by_the_senders_role(keys, sockets, router, pull,
                                                          server_auth):
-    from engine.errors import Forbidden
+    from interest.engine.errors import Forbidden
     sock, address = router
     frames = {}
     for role in ROLES:

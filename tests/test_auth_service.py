@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from engine.config import load_config
-from engine.errors import DeadlineExceeded
-from engine.serving import auth
-from engine.serving.client import Client, Publisher, RequestError
-from engine.serving.server import Server
+from interest.engine.config import load_config
+from interest.engine.errors import DeadlineExceeded
+from interest.engine.serving import auth
+from interest.engine.serving.client import Client, Publisher, RequestError
+from interest.engine.serving.server import Server
 from tests.conftest import RANDOM_PORT, event, item_event, wait_for
 
 pytestmark = pytest.mark.integration
@@ -117,7 +117,7 @@ def test_an_unknown_key_or_a_plain_client_gets_nothing(secure_server, connect, c
 
 
 def test_tools_take_the_key_options(secure_server, keys, tmp_path, capsys):
-    from tools import explain_report, publish, query
+    from interest.tools import explain_report, publish, query
     key_args = ["--server-key", str(keys["server"][0])]
     reader = key_args + ["--client-key", str(keys["reader"][1])]
     producer = key_args + ["--client-key", str(keys["producer"][1])]

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from engine.llm import model_files, prompts
-from engine.llm.backends import Backend, Completion, FakeBackend, Preempted, hashed_bag_of_words
-from engine.errors import ModelUnavailable
+from interest.engine.llm import model_files, prompts
+from interest.engine.llm.backends import Backend, Completion, FakeBackend, Preempted, hashed_bag_of_words
+from interest.engine.errors import ModelUnavailable
 
 ITEMS = (
     {"item": "1", "title": "Star Wars (1977)", "tags": ["action", "sci-fi"], "type": "view"},

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from engine.serving.client import Client
-from engine.recommend import model_path
-from engine.serving.server import Server
+from interest.engine.serving.client import Client
+from interest.engine.recommend import model_path
+from interest.engine.serving.server import Server
 from tests.conftest import RANDOM_PORT, event, item_event, wait_for
 
 pytestmark = pytest.mark.integration

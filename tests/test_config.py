@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import DEFAULT_PATH, check_layer, load_config, typed_config
-from engine.errors import ConfigError, InterestError
-from tools import serve
+from interest.engine.config import DEFAULT_PATH, check_layer, load_config, typed_config
+from interest.engine.errors import ConfigError, InterestError
+from interest.tools import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,7 +114,7 @@ def test_check_config_prints_ok_or_the_error(tmp_path, capsys):
 
 def test_serve_with_a_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path):
     bad = write(tmp_path, '[runtime]\nworkers = 0\n')
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "serve", "--config", str(bad),
+    proc = subprocess.run([sys.executable, "-m", "interest.tools.cli", "serve", "--config", str(bad),
                            "--data", str(tmp_path / "d")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

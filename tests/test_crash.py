@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.serving.client import Client
-from engine.errors import DeadlineExceeded
+from interest.engine.serving.client import Client
+from interest.engine.errors import DeadlineExceeded
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ def start_server(tmp_path: Path) -> subprocess.Popen:
     config = tmp_path / "crash.toml"
     config.write_text("[inference]\nenabled = false\n[runtime]\nsnapshot_every = 7\n")
     return subprocess.Popen(
-        [sys.executable, "-m", "tools.cli", "serve", "--config", str(config),
+        [sys.executable, "-m", "interest.tools.cli", "serve", "--config", str(config),
          "--data", str(tmp_path / "data"), "--ingest", f"ipc://{tmp_path}/ingest",
          "--api", f"ipc://{tmp_path}/api", "--log-level", "WARNING"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -93,7 +93,7 @@ def test_kill_9_loses_no_acknowledged_event_and_resending_creates_no_duplicates(
     client.close()
     proc2.send_signal(signal.SIGTERM)
     assert proc2.wait(20) == 0
-    check = subprocess.run([sys.executable, "-m", "tools.cli", "replay", "check", "--data",
+    check = subprocess.run([sys.executable, "-m", "interest.tools.cli", "replay", "check", "--data",
                             str(tmp_path / "data"), "--no-progress"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr

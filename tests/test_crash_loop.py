@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from engine.journal.codec import decode_frame, encode_frame
+from interest.engine.journal.codec import decode_frame, encode_frame
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def start_server(tmp_path: Path) -> subprocess.Popen:
     log = (tmp_path / "serve.log").open("ab")
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "serve", "--config", str(config),
+            [sys.executable, "-m", "interest.tools.cli", "serve", "--config", str(config),
              "--data", str(tmp_path / "data"), "--ingest", f"ipc://{tmp_path}/ingest",
              "--api", f"ipc://{tmp_path}/api", "--log-level", "WARNING"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -227,7 +227,7 @@ def test_kill_9_cycles_lose_and_duplicate_no_acknowledged_event(tmp_path, procs,
     assert proc.wait(30) == 0, (tmp_path / "serve.log").read_text(errors="replace")[-3000:]
 
     out = tmp_path / "export.jsonl"
-    export = subprocess.run([sys.executable, "-m", "tools.cli", "replay", "export", "--data",
+    export = subprocess.run([sys.executable, "-m", "interest.tools.cli", "replay", "export", "--data",
                              str(tmp_path / "data"), "--out", str(out)], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert export.returncode == 0, export.stdout + export.stderr
@@ -235,7 +235,7 @@ def test_kill_9_cycles_lose_and_duplicate_no_acknowledged_event(tmp_path, procs,
     for line in out.read_text().splitlines():
         event = json.loads(line)
         journal[(event["user"], event["id"])] += 1
-    check = subprocess.run([sys.executable, "-m", "tools.cli", "replay", "check", "--data",
+    check = subprocess.run([sys.executable, "-m", "interest.tools.cli", "replay", "check", "--data",
                             str(tmp_path / "data"), "--no-progress"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engine.movielens import MovieLens
-from tools import eval as ev
+from interest.engine.movielens import MovieLens
+from interest.tools import eval as ev
 
 
 def chains(users: int = 12, length: int = 6, cycle: int = 8,
@@ -86,7 +86,7 @@ def test_sampled_prequential_is_seeded():
 
 def test_main_json_shape(tmp_path, capsys, monkeypatch):
     data = chains()
-    monkeypatch.setattr("engine.movielens.load", lambda path: data)
+    monkeypatch.setattr("interest.engine.movielens.load", lambda path: data)
     assert ev.main(["--json", "--no-progress", "--sample", "10"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["prequential"]) == set(ev.SYSTEMS) == set(out["loo"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import movielens
-from tools import eval as ev
+from interest.engine import movielens
+from interest.tools import eval as ev
 
 pytestmark = pytest.mark.evaluation
 

@@ -1,9 +1,9 @@
 import msgpack
 import pytest
 
-from engine.journal.codec import StoredEvent, decode_frame, encode_frame
-from engine.errors import DecodeError, StoreError, ValidationError
-from engine.journal.events import BehaviourEvent, ItemEvent, UserAttrsEvent, parse_event
+from interest.engine.journal.codec import StoredEvent, decode_frame, encode_frame
+from interest.engine.errors import DecodeError, StoreError, ValidationError
+from interest.engine.journal.events import BehaviourEvent, ItemEvent, UserAttrsEvent, parse_event
 from tests.conftest import event
 
 

@@ -8,11 +8,11 @@ from html.parser import HTMLParser
 
 import pytest
 
-from actors.user import load_state
-from engine.recommend.reasons import PHRASES, reason, reason_sources
-from engine.projections.state import replay
+from interest.actors.user import load_state
+from interest.engine.recommend.reasons import PHRASES, reason, reason_sources
+from interest.engine.projections.state import replay
 from tests.conftest import event, item_event, learned
-from tools import explain_report
+from interest.tools import explain_report
 
 pytestmark = pytest.mark.integration
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine.projections.catalog import Catalog
-from engine.journal.codec import StoredEvent
-from engine.config import load_config
-from engine.recommend import Learner, Recommender
-from engine.recommend.fusion import Fusion, reward_of, segment_of
-from engine.projections.state import FoldParams, InterestState
+from interest.engine.projections.catalog import Catalog
+from interest.engine.journal.codec import StoredEvent
+from interest.engine.config import load_config
+from interest.engine.recommend import Learner, Recommender
+from interest.engine.recommend.fusion import Fusion, reward_of, segment_of
+from interest.engine.projections.state import FoldParams, InterestState
 
 PARAMS = FoldParams.from_config(load_config())
 NAMES = ["sequential", "collaborative", "content", "semantic", "popularity", "demographic"]

@@ -39,11 +39,11 @@ import psutil
 import pytest
 import zmq
 
-from engine.config import load_config
-from engine.errors import BadRequest
-from engine.journal.codec import decode_frame, encode_frame
-from engine.journal.events import BEHAVIOUR_TYPES, parse_event
-from engine.serving.requests import parse_request
+from interest.engine.config import load_config
+from interest.engine.errors import BadRequest
+from interest.engine.journal.codec import decode_frame, encode_frame
+from interest.engine.journal.events import BEHAVIOUR_TYPES, parse_event
+from interest.engine.serving.requests import parse_request
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ import os
 import msgpack
 import pytest
 
-from engine.journal.codec import encode_frame
+from interest.engine.journal.codec import encode_frame
 from tests.conftest import event, item_event, wait_for
 
 pytestmark = pytest.mark.integration
@@ -115,9 +115,9 @@ def test_stats_reports_counters_latency_and_actors(client):
 
 
 def test_a_full_store_answers_unavailable_and_keeps_serving(tmp_path, context):
-    from engine.serving.client import Client, RequestError
-    from engine.config import load_config
-    from engine.serving.server import Server
+    from interest.engine.serving.client import Client, RequestError
+    from interest.engine.config import load_config
+    from interest.engine.serving.server import Server
     from tests.conftest import RANDOM_PORT
 
     config = load_config(store={"sync": False, "map_size_mb": 1, "max_map_size_mb": 2},
@@ -141,9 +141,9 @@ def test_a_full_store_answers_unavailable_and_keeps_serving(tmp_path, context):
 def test_events_from_a_configured_pub_feed_are_applied(tmp_path, context):
     import zmq
 
-    from engine.serving.client import Client
-    from engine.config import load_config
-    from engine.serving.server import Server
+    from interest.engine.serving.client import Client
+    from interest.engine.config import load_config
+    from interest.engine.serving.server import Server
     from tests.conftest import RANDOM_PORT
 
     pub = context.socket(zmq.PUB)
@@ -169,7 +169,7 @@ def test_events_from_a_configured_pub_feed_are_applied(tmp_path, context):
 
 
 def test_unknown_items_are_reported_not_ranked(client):
-    from engine.serving.client import RequestError
+    from interest.engine.serving.client import RequestError
 
     client.call("ingest", events=[item_event("m1", ["Drama"]), event("a", item="m2")])
     reply = client.call("recommend", user="u1", candidates=["zz", "m1"])

@@ -18,11 +18,11 @@ from urllib.parse import quote
 
 import pytest
 
-from engine.config import load_config
-from engine.journal.events import parse_event
-from engine.serving.http import (HttpConfigError, HttpSide, MetricFamilies, load_tokens,
+from interest.engine.config import load_config
+from interest.engine.journal.events import parse_event
+from interest.engine.serving.http import (HttpConfigError, HttpSide, MetricFamilies, load_tokens,
                                  metric_name, parse_address)
-from engine.serving.server import Server
+from interest.engine.serving.server import Server
 from tests.conftest import RANDOM_PORT, event, item_event, wait_for
 
 pytestmark = pytest.mark.integration
@@ -688,7 +688,7 @@ def test_a_port_in_use_is_one_clear_error(srv):
 
 def test_a_non_loopback_bind_warns(srv, caplog):
     side = HttpSide(srv.service, "0.0.0.0:0", srv.service.config)
-    with caplog.at_level(logging.WARNING, logger="engine.serving.http"):
+    with caplog.at_level(logging.WARNING, logger="interest.engine.serving.http"):
         side.start()
     try:
         assert "without authentication" in caplog.text
@@ -697,7 +697,7 @@ def test_a_non_loopback_bind_warns(srv, caplog):
 
 
 def test_the_config_address_and_serve_flag_start_it(tmp_path):
-    from tools import serve
+    from interest.tools import serve
     config = make_config(http={"address": "127.0.0.1:0"})
     with Server(config, tmp_path / "a", ingest=RANDOM_PORT, api=RANDOM_PORT) as srv:
         assert call(srv, "GET", "/healthz")[0] == 200

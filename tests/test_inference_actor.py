@@ -9,7 +9,7 @@ import time
 import pykka
 import pytest
 
-from actors.inference import (
+from interest.actors.inference import (
     PRIORITIES,
     EmbedRequest,
     Inference,
@@ -20,9 +20,9 @@ from actors.inference import (
     _Job,
     deadline_in,
 )
-from engine.llm.backends import FakeBackend, fake_profile_text
-from engine.config import load_config
-from engine.errors import DeadlineExceeded, ModelUnavailable, Unavailable, ValidationError
+from interest.engine.llm.backends import FakeBackend, fake_profile_text
+from interest.engine.config import load_config
+from interest.engine.errors import DeadlineExceeded, ModelUnavailable, Unavailable, ValidationError
 from pykka._envelope import Envelope
 
 TIMEOUT = 10.0

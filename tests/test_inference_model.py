@@ -8,14 +8,14 @@ import logging
 import numpy as np
 import pytest
 
-from engine.llm import prompts
-from engine.config import load_config
-from engine.errors import ModelUnavailable
+from interest.engine.llm import prompts
+from interest.engine.config import load_config
+from interest.engine.errors import ModelUnavailable
 
 pytestmark = [pytest.mark.model, pytest.mark.integration]
 
 try:
-    from engine.llm.model_files import bundled_model_path
+    from interest.engine.llm.model_files import bundled_model_path
 
     MODEL_PATH = bundled_model_path()
     SKIP_REASON = ""
@@ -31,8 +31,8 @@ except ImportError:  # pragma: no cover
 if SKIP_REASON:
     pytest.skip(SKIP_REASON, allow_module_level=True)
 
-from actors.inference import Inference  # noqa: E402
-from engine.llm.backends import LlamaBackend, Preempted  # noqa: E402
+from interest.actors.inference import Inference  # noqa: E402
+from interest.engine.llm.backends import LlamaBackend, Preempted  # noqa: E402
 
 VOCAB = ("action", "adventure", "animation", "children", "comedy", "crime", "documentary",
          "drama", "fantasy", "film-noir", "horror", "musical", "mystery", "romance",
@@ -82,7 +82,7 @@ def test_embeddings_dimension_and_similarity(inference):
 @pytest.mark.timeout(60)
 def test_llama_backend_stop_check_and_gpu_warning(caplog):
     cfg = load_config(model={"n_gpu_layers": -1}, inference={"prompt_cache_mb": 0})
-    with caplog.at_level(logging.WARNING, logger="engine.llm.backends"):
+    with caplog.at_level(logging.WARNING, logger="interest.engine.llm.backends"):
         backend = LlamaBackend.from_config(cfg)
     try:
         if not backend.gpu_offload_supported:
@@ -109,8 +109,8 @@ def test_fresh_interests_end_to_end_over_the_api_socket(tmp_path):
     """The real model behind a real server: `interests` with fresh: true over ZeroMQ."""
     import zmq  # noqa: PLC0415
 
-    from engine.serving.client import Client  # noqa: PLC0415
-    from engine.serving.server import Server  # noqa: PLC0415
+    from interest.engine.serving.client import Client  # noqa: PLC0415
+    from interest.engine.serving.server import Server  # noqa: PLC0415
 
     config = load_config(store={"sync": False}, inference={"refresh_min_events": 1000})
     inference = Inference.start(config, str(tmp_path / "cache"))

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_config
-from engine.errors import CorruptFile, StoreError
-from engine.journal import files
-from engine.journal.codec import CATALOG_STREAM
-from engine.journal.files import read_checked, write_checked
-from engine.journal.store import LmdbStore, WriteBatch, check_data_file
-from engine.projections.state import FoldParams, replay
+from interest.engine.config import load_config
+from interest.engine.errors import CorruptFile, StoreError
+from interest.engine.journal import files
+from interest.engine.journal.codec import CATALOG_STREAM
+from interest.engine.journal.files import read_checked, write_checked
+from interest.engine.journal.store import LmdbStore, WriteBatch, check_data_file
+from interest.engine.projections.state import FoldParams, replay
 from tests.conftest import event, item_event
-from tools import replay as replay_tool
+from interest.tools import replay as replay_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = FoldParams.from_config(load_config())
@@ -88,8 +88,8 @@ def make_store(path, users=40, events=60):
 
 READ_ALL = textwrap.dedent("""
     import sys
-    from engine.errors import StoreError
-    from engine.journal import store as store_module
+    from interest.engine.errors import StoreError
+    from interest.engine.journal import store as store_module
     if sys.argv[2] == "unchecked":
         store_module.check_data_file = lambda path: None
     try:
@@ -186,7 +186,7 @@ def test_replay_check_command_on_a_truncated_store_is_one_line(truncated, tmp_pa
     _, bad = truncated
     data = tmp_path / "data"
     shutil.copytree(bad, data / "journal")
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "replay", "check", "--data",
+    proc = subprocess.run([sys.executable, "-m", "interest.tools.cli", "replay", "check", "--data",
                            str(data), "--no-progress"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1
@@ -200,7 +200,7 @@ def test_replay_check_command_prints_findings_as_json(tmp_path):
     with store.env.begin(write=True, db=store._snapshots) as txn:
         txn.put(b"su1", b"\x00" * 20)
     store.close()
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "replay", "check", "--data",
+    proc = subprocess.run([sys.executable, "-m", "interest.tools.cli", "replay", "check", "--data",
                            str(tmp_path / "data"), "--no-progress"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1

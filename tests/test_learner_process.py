@@ -8,10 +8,10 @@ import signal
 
 import pytest
 
-from engine.config import load_config
-from engine.recommend import model_path
-from engine.serving.client import Client
-from engine.serving.server import Server
+from interest.engine.config import load_config
+from interest.engine.recommend import model_path
+from interest.engine.serving.client import Client
+from interest.engine.serving.server import Server
 from tests.conftest import RANDOM_PORT, event, item_event, learned, wait_for
 
 pytestmark = pytest.mark.integration
@@ -83,11 +83,11 @@ def test_a_learner_process_that_dies_is_started_again(config, tmp_path, context)
 
 
 def test_snapshots_cross_over_sharing_the_arrays_already_sent():
-    from engine.journal.codec import StoredEvent
-    from engine.projections.catalog import Catalog
-    from engine.projections.learner_process import Receiver, Shipper, detach
-    from engine.projections.state import FoldParams, replay
-    from engine.recommend import Recommender
+    from interest.engine.journal.codec import StoredEvent
+    from interest.engine.projections.catalog import Catalog
+    from interest.engine.projections.learner_process import Receiver, Shipper, detach
+    from interest.engine.projections.state import FoldParams, replay
+    from interest.engine.recommend import Recommender
     params = FoldParams.from_config(load_config())
     catalog = Catalog()
     for wire in history()[:6]:

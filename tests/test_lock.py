@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_config
-from engine.errors import DataDirLocked, StoreError
-from engine.journal.lock import DataDirLock
-from engine.journal.store import open_store
+from interest.engine.config import load_config
+from interest.engine.errors import DataDirLocked, StoreError
+from interest.engine.journal.lock import DataDirLock
+from interest.engine.journal.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = load_config(store={"sync": False})
@@ -36,9 +36,9 @@ def test_a_second_process_fails_at_once_naming_the_holder(tmp_path):
     store = open_store(CONFIG, tmp_path)
     script = textwrap.dedent(f"""
         import sys
-        from engine.config import load_config
-        from engine.errors import DataDirLocked
-        from engine.journal.store import open_store
+        from interest.engine.config import load_config
+        from interest.engine.errors import DataDirLocked
+        from interest.engine.journal.store import open_store
         try:
             open_store(load_config(), {str(tmp_path)!r})
         except DataDirLocked as exc:
@@ -74,7 +74,7 @@ def test_a_second_serve_on_the_same_data_exits_non_zero_at_once(tmp_path):
     store = open_store(CONFIG, tmp_path / "d")
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "tools.cli", "serve", "--data", str(tmp_path / "d"),
+            [sys.executable, "-m", "interest.tools.cli", "serve", "--data", str(tmp_path / "d"),
              "--ingest", "tcp://127.0.0.1:*", "--api", "tcp://127.0.0.1:*"],
             cwd=ROOT, capture_output=True, text=True, timeout=60)
     finally:

@@ -10,13 +10,13 @@ import threading
 import numpy as np
 import pytest
 
-from engine.config import load_config
-from engine.journal.codec import StoredEvent
-from engine.projections.catalog import Catalog
-from engine.projections.state import FoldParams, InterestState
-from engine.recommend import Learner, Recommender
-from engine.recommend.learner import rewards_of
-from engine.recommend.models import Scored
+from interest.engine.config import load_config
+from interest.engine.journal.codec import StoredEvent
+from interest.engine.projections.catalog import Catalog
+from interest.engine.projections.state import FoldParams, InterestState
+from interest.engine.recommend import Learner, Recommender
+from interest.engine.recommend.learner import rewards_of
+from interest.engine.recommend.models import Scored
 from tests.reference_sources import (ref_explain, ref_recommend, ref_rewards, ref_scores,
                                      score_dict)
 

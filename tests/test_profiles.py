@@ -4,13 +4,13 @@ import time
 
 import pytest
 
-from actors.inference import Inference
-from engine.llm.backends import FakeBackend
-from engine.serving.client import Client
-from engine.config import load_config
-from engine.serving.server import Server
-from engine.projections.state import replay
-from engine.journal.store import LmdbStore
+from interest.actors.inference import Inference
+from interest.engine.llm.backends import FakeBackend
+from interest.engine.serving.client import Client
+from interest.engine.config import load_config
+from interest.engine.serving.server import Server
+from interest.engine.projections.state import replay
+from interest.engine.journal.store import LmdbStore
 from tests.conftest import RANDOM_PORT, event, item_event, wait_for
 
 pytestmark = pytest.mark.integration

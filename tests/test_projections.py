@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from engine.journal.store import MemoryStore, WriteBatch
-from engine.projections.log import CommittedLog
-from engine.projections.runner import DeadLetters, Projection, ProjectionRunner
+from interest.engine.journal.store import MemoryStore, WriteBatch
+from interest.engine.projections.log import CommittedLog
+from interest.engine.projections.runner import DeadLetters, Projection, ProjectionRunner
 
 
 def commit(store: MemoryStore, log: CommittedLog, n: int, start: int = 0, user: str = "u1"):

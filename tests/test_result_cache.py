@@ -6,8 +6,8 @@ import lmdb
 import msgpack
 import pytest
 
-from engine.errors import StoreFull
-from engine.llm.result_cache import ResultCache, cache_key
+from interest.engine.errors import StoreFull
+from interest.engine.llm.result_cache import ResultCache, cache_key
 
 M, T, V = "m.gguf@abc", "profile", "profile-v1"
 

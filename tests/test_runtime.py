@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from actors.runtime import ActorDirectory, Dispatcher, PooledActor
+from interest.actors.runtime import ActorDirectory, Dispatcher, PooledActor
 
 
 class Recorder(PooledActor):

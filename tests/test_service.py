@@ -7,13 +7,13 @@ import threading
 
 import pytest
 
-from actors.inference import Inference
-from engine.config import load_config
-from engine.journal.store import MemoryStore
-from engine.llm.backends import FakeBackend
-from engine.projections.catalog import Catalog
-from engine.projections.state import InterestState, replay
-from engine.serving.service import Service
+from interest.actors.inference import Inference
+from interest.engine.config import load_config
+from interest.engine.journal.store import MemoryStore
+from interest.engine.llm.backends import FakeBackend
+from interest.engine.projections.catalog import Catalog
+from interest.engine.projections.state import InterestState, replay
+from interest.engine.serving.service import Service
 from tests.conftest import event, item_event, wait_for
 
 POISON = "poison"
@@ -205,14 +205,14 @@ def test_backpressure_pauses_ingest_and_answers_overloaded(config, make_service,
 
 
 def _event(id_, user):
-    from engine.journal.events import parse_event
+    from interest.engine.journal.events import parse_event
     return parse_event(event(id_, user=user, item="m1"), load_config()["limits"])
 
 
 def test_a_flush_past_its_timeout_is_answered_by_the_gateway(config, tmp_path, context,
                                                               stalled_users):
-    from engine.serving.client import Client, RequestError
-    from engine.serving.server import Server
+    from interest.engine.serving.client import Client, RequestError
+    from interest.engine.serving.server import Server
     from tests.conftest import RANDOM_PORT
     server = Server(config, tmp_path / "data", ingest=RANDOM_PORT, api=RANDOM_PORT)
     try:
@@ -263,7 +263,7 @@ def test_replay_dead_letters_lists_what_a_projection_could_not_apply(config, tmp
     import json
     import subprocess
     import sys
-    from engine.serving.server import Server
+    from interest.engine.serving.server import Server
     from tests.conftest import RANDOM_PORT
     poison_users(monkeypatch)
     server = Server(config, tmp_path / "data", ingest=RANDOM_PORT, api=RANDOM_PORT)
@@ -273,7 +273,7 @@ def test_replay_dead_letters_lists_what_a_projection_could_not_apply(config, tmp
         wait_for(lambda: server.service.store.dead_letter_count() == 1, reason="the letter")
     finally:
         server.stop()
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "replay", "dead-letters",
+    out = subprocess.run([sys.executable, "-m", "interest.tools.cli", "replay", "dead-letters",
                           "--data", str(tmp_path / "data")], capture_output=True, text=True,
                          timeout=60, check=True).stdout.splitlines()
     letter, summary = json.loads(out[0]), json.loads(out[1])

@@ -13,15 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.projections.catalog import Catalog
-from engine.journal.codec import StoredEvent
-from engine.config import load_config
-from engine.recommend.popularity import Popularity
-from engine.recommend import Recommender
-from engine.recommend.scorers import Extra, Freeze, ItemIndex
-from engine.recommend.sources import (Collaborative, Demographic, Obs, PopularitySource, Query,
+from interest.engine.projections.catalog import Catalog
+from interest.engine.journal.codec import StoredEvent
+from interest.engine.config import load_config
+from interest.engine.recommend.popularity import Popularity
+from interest.engine.recommend import Recommender
+from interest.engine.recommend.scorers import Extra, Freeze, ItemIndex
+from interest.engine.recommend.sources import (Collaborative, Demographic, Obs, PopularitySource, Query,
                                       Sequential, TagMatrix, build_tag_table, segments_of)
-from engine.projections.state import FoldParams, InterestState
+from interest.engine.projections.state import FoldParams, InterestState
 from tests.reference_sources import ref_source, score_dict
 
 PARAMS = FoldParams.from_config(load_config())

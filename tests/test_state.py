@@ -3,9 +3,9 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.journal.codec import StoredEvent
-from engine.config import load_config
-from engine.projections.state import FoldParams, InterestState, apply, replay
+from interest.engine.journal.codec import StoredEvent
+from interest.engine.config import load_config
+from interest.engine.projections.state import FoldParams, InterestState, apply, replay
 
 PARAMS = FoldParams.from_config(load_config())
 TAGS = ["Drama", "Comedy", "Action", "Horror", "Sci-Fi"]

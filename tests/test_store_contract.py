@@ -8,9 +8,9 @@ import lmdb
 import msgpack
 import pytest
 
-from engine.journal.codec import CATALOG_STREAM, encode_snapshot
-from engine.errors import DiskFull, StoreError, StoreFull, Unavailable
-from engine.journal.store import (APPENDED, DUPLICATE, STORE_FORMAT, LmdbStore, MemoryStore,
+from interest.engine.journal.codec import CATALOG_STREAM, encode_snapshot
+from interest.engine.errors import DiskFull, StoreError, StoreFull, Unavailable
+from interest.engine.journal.store import (APPENDED, DUPLICATE, STORE_FORMAT, LmdbStore, MemoryStore,
                                   WriteBatch, id_key)
 from tests.conftest import event, item_event
 
@@ -229,7 +229,7 @@ def test_a_flipped_byte_in_a_snapshot_is_detected_counted_and_logged(store, capl
     record = bytearray(store.snapshot_record("u1"))
     record[-3] ^= 0x40                                     # one bit of the float 2.0 flipped
     put_raw_snapshot(store, "u1", bytes(record))
-    with caplog.at_level(logging.WARNING, logger="engine.journal.store"):
+    with caplog.at_level(logging.WARNING, logger="interest.engine.journal.store"):
         assert store.snapshot("u1") is None
     assert store.corrupt_snapshots == 1
     assert [r.levelname for r in caplog.records] == ["WARNING"]
@@ -267,7 +267,7 @@ def test_lmdb_format_1_store_is_upgraded_once_at_open(tmp_path, caplog, monkeypa
         txn.delete(b"store_format", db=store._meta)
     store.close()
     monkeypatch.setattr(LmdbStore, "REWRITE_CHUNK", 2)    # several resumed transactions
-    with caplog.at_level(logging.WARNING, logger="engine.journal.store"):
+    with caplog.at_level(logging.WARNING, logger="interest.engine.journal.store"):
         store = LmdbStore(path, sync=False)
     try:
         assert "9 event ids scoped to their stream, 1 snapshots without checksum dropped" \
@@ -346,8 +346,8 @@ def test_lmdb_reads_after_close_are_store_errors(tmp_path):
 
 FILL_DISK = """
 import sys
-from engine.errors import DiskFull
-from engine.journal.store import LmdbStore, WriteBatch
+from interest.engine.errors import DiskFull
+from interest.engine.journal.store import LmdbStore, WriteBatch
 store = LmdbStore(sys.argv[1] + "/j", map_size_mb=64, max_map_size_mb=64, sync=True)
 try:
     for b in range(1000):

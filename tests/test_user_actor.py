@@ -4,17 +4,17 @@ import threading
 
 import pytest
 
-from actors.messages import Apply, Query
-from actors.runtime import Dispatcher
-from actors.user import UserActor, UserEnv
-from engine.config import load_config
-from engine.journal.codec import StoredEvent
-from engine.journal.store import LmdbStore, WriteBatch
-from engine.journal.writer import Writer
-from engine.projections.runner import DeadLetters
-from engine.projections.state import FoldParams, replay
-from engine.serving.metrics import Metrics
-from engine.serving.requests import Interests
+from interest.actors.messages import Apply, Query
+from interest.actors.runtime import Dispatcher
+from interest.actors.user import UserActor, UserEnv
+from interest.engine.config import load_config
+from interest.engine.journal.codec import StoredEvent
+from interest.engine.journal.store import LmdbStore, WriteBatch
+from interest.engine.journal.writer import Writer
+from interest.engine.projections.runner import DeadLetters
+from interest.engine.projections.state import FoldParams, replay
+from interest.engine.serving.metrics import Metrics
+from interest.engine.serving.requests import Interests
 from tests.conftest import event, item_event
 
 

@@ -91,7 +91,7 @@ class Service:
         self._sockets: list[zmq.Socket] = []
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "tools.cli", "serve", "--data", str(self.data),
+        argv = [sys.executable, "-m", "interest.tools.cli", "serve", "--data", str(self.data),
                 "--api", self.api, "--ingest", self.ingest, "--log-level", "INFO"]
         if self.config is not None:
             argv += ["--config", str(self.config)]
@@ -255,7 +255,7 @@ def run_cli(args: list[str], timeout: float = 60.0) -> dict:
     """An `interest` subcommand: {rc, seconds, out (last lines), traceback, timed_out}."""
     t0 = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", "interest.tools.cli", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) \

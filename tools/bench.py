@@ -7,10 +7,10 @@ import importlib.util
 import sys
 
 BENCHES = {
-    "ingest": "tools.bench_ingest",
-    "inference": "tools.bench_inference",
-    "recommend": "tools.bench_recommend",
-    "model": "tools.bench_model",
+    "ingest": "interest.tools.bench_ingest",
+    "inference": "interest.tools.bench_inference",
+    "recommend": "interest.tools.bench_recommend",
+    "model": "interest.tools.bench_model",
 }
 
 

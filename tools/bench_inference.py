@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from actors.inference import Inference, ProfileRequest, ProfileResult, deadline_in
-from engine.llm import prompts
-from engine.config import load_config
+from interest.actors.inference import Inference, ProfileRequest, ProfileResult, deadline_in
+from interest.engine.llm import prompts
+from interest.engine.config import load_config
 
 VOCAB = (
     "action", "adventure", "animation", "children", "comedy", "crime", "documentary", "drama",
@@ -226,7 +226,7 @@ def measure_raw(ctx: Context) -> dict[str, Any]:
     """The same prompts in a bare llama.cpp loop (no actor, no embedding, no cache)."""
     import llama_cpp
 
-    from engine.llm.model_files import resolve_model_paths
+    from interest.engine.llm.model_files import resolve_model_paths
 
     m, inf_cfg = ctx.config["model"], ctx.config["inference"]
     path, _ = resolve_model_paths(m)
@@ -258,9 +258,9 @@ def measure_calls_per_event(ctx: Context) -> dict[str, Any]:
     behaviour event: an upper bound on model calls. ``generations_per_event``:
     generations the model actually ran while the replay was going on.
     """
-    from engine import movielens  # noqa: PLC0415
-    from engine.serving.requests import parse_batch  # noqa: PLC0415
-    from engine.serving.service import Service  # noqa: PLC0415
+    from interest.engine import movielens  # noqa: PLC0415
+    from interest.engine.serving.requests import parse_batch  # noqa: PLC0415
+    from interest.engine.serving.service import Service  # noqa: PLC0415
     try:
         data = movielens.load(ctx.args.movielens or movielens.DEFAULT_PATH)
     except FileNotFoundError as exc:

@@ -20,10 +20,10 @@ import time
 
 import psutil
 
-from engine.journal.codec import decode_frame, encode_frame
-from engine.config import load_config
-from engine.serving.requests import parse_batch
-from engine.journal.store import LmdbStore, WriteBatch
+from interest.engine.journal.codec import decode_frame, encode_frame
+from interest.engine.config import load_config
+from interest.engine.serving.requests import parse_batch
+from interest.engine.journal.store import LmdbStore, WriteBatch
 
 TAGS = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Crime",
         "Documentary", "Animation"]
@@ -136,7 +136,7 @@ class PeakSampler(threading.Thread):
 
 def probe_latencies(server, n_probes: int, stop: threading.Event) -> list[float]:
     """Send one event for a fresh probe user, poll `interests` until it is visible."""
-    from engine.serving.client import Client, Publisher  # noqa: PLC0415
+    from interest.engine.serving.client import Client, Publisher  # noqa: PLC0415
     out = []
     with Client(server.api, timeout=30) as client, Publisher(server.ingest) as pub:
         for n in range(n_probes):
@@ -166,8 +166,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def run(args) -> dict:
-    from engine.serving.client import Client  # noqa: PLC0415
-    from engine.serving.server import Server  # noqa: PLC0415
+    from interest.engine.serving.client import Client  # noqa: PLC0415
+    from interest.engine.serving.server import Server  # noqa: PLC0415
     config = load_config(args.config, inference={"enabled": False},
                          runtime={"max_live_actors": args.max_live, "workers": args.workers})
     floor = raw_floor(args.events, args.users, args.items, args.batch, config["limits"])

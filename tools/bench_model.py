@@ -26,10 +26,10 @@ def _ms(fn) -> float:
 
 
 def main(argv: list[str]) -> int:
-    from engine.llm import prompts  # noqa: PLC0415
-    from engine.llm.backends import LlamaBackend  # noqa: PLC0415
-    from engine.config import load_config  # noqa: PLC0415
-    from engine.llm.model_files import resolve_model_paths  # noqa: PLC0415
+    from interest.engine.llm import prompts  # noqa: PLC0415
+    from interest.engine.llm.backends import LlamaBackend  # noqa: PLC0415
+    from interest.engine.config import load_config  # noqa: PLC0415
+    from interest.engine.llm.model_files import resolve_model_paths  # noqa: PLC0415
     parser = argparse.ArgumentParser(prog="interest bench model", description=__doc__)
     parser.add_argument("--config", help="config overlaid on configs/default.toml")
     args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ def load_generator(api: str, users: list[str], rate: float, seconds: float, k: i
     """Runs in its own process: open-loop recommend requests; puts (latencies, errors, sent)."""
     import zmq  # noqa: PLC0415
 
-    from engine.journal.codec import decode_frame, encode_frame  # noqa: PLC0415
+    from interest.engine.journal.codec import decode_frame, encode_frame  # noqa: PLC0415
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -74,7 +74,7 @@ def load_generator(api: str, users: list[str], rate: float, seconds: float, k: i
 
 def publisher(address: str, events: list, rate: float, stop) -> None:
     """Runs in its own process: publish ``events`` at ``rate`` per second until ``stop``."""
-    from engine.serving.client import Publisher  # noqa: PLC0415
+    from interest.engine.serving.client import Publisher  # noqa: PLC0415
     batch = max(1, int(rate / 100))
     sent, lap = 0, 0
     with Publisher(address) as pub:
@@ -124,11 +124,11 @@ def measure(api: str, users: list[str], rate: float, seconds: float, k: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine import movielens
-    from engine.errors import ConfigError
-    from engine.serving.client import Client
-    from engine.config import load_config
-    from engine.serving.server import Server
+    from interest.engine import movielens
+    from interest.engine.errors import ConfigError
+    from interest.engine.serving.client import Client
+    from interest.engine.config import load_config
+    from interest.engine.serving.server import Server
     parser = argparse.ArgumentParser(prog="interest bench recommend")
     parser.add_argument("--data", default=str(movielens.DEFAULT_PATH))
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")

@@ -11,15 +11,15 @@ import importlib.util
 import sys
 
 COMMANDS = {
-    "serve": ("tools.serve", "run the service"),
-    "publish": ("tools.publish", "send a file of events (JSON lines, msgpack, MovieLens)"),
-    "replay": ("tools.replay", "check, export or re-publish the journal"),
-    "query": ("tools.query", "send one api request, print the JSON reply"),
-    "bench": ("tools.bench", "benchmarks: ingest, inference, recommend"),
-    "train": ("tools.train", "build the collaborative model from a journal or dataset"),
-    "eval": ("tools.eval", "evaluate on MovieLens-100K (prequential and leave-one-out)"),
-    "explain": ("tools.explain_report", "explain a user's interests, optionally as HTML"),
-    "keys": ("tools.keys", "make CurveZMQ key pairs for authentication"),
+    "serve": ("interest.tools.serve", "run the service"),
+    "publish": ("interest.tools.publish", "send a file of events (JSON lines, msgpack, MovieLens)"),
+    "replay": ("interest.tools.replay", "check, export or re-publish the journal"),
+    "query": ("interest.tools.query", "send one api request, print the JSON reply"),
+    "bench": ("interest.tools.bench", "benchmarks: ingest, inference, recommend"),
+    "train": ("interest.tools.train", "build the collaborative model from a journal or dataset"),
+    "eval": ("interest.tools.eval", "evaluate on MovieLens-100K (prequential and leave-one-out)"),
+    "explain": ("interest.tools.explain_report", "explain a user's interests, optionally as HTML"),
+    "keys": ("interest.tools.keys", "make CurveZMQ key pairs for authentication"),
 }
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from engine.errors import InterestError
+from interest.engine.errors import InterestError
 
 SYSTEMS = ("service", "service_no_llm", "popularity", "item_knn_last")
 COLD_BELOW = 5
@@ -133,8 +133,8 @@ class Harness:
 
     def __init__(self, tmp: str, use_llm_shadow: bool = True, config_path: str | None = None,
                  vectors: dict | None = None):
-        from engine.config import load_config
-        from engine.serving.service import Service
+        from interest.engine.config import load_config
+        from interest.engine.serving.service import Service
         self.config = load_config(config_path, store={"sync": False}, projections={"learner": "thread"})
         self.limits = self.config["limits"]
         self.service = Service(self.config, Path(tmp) / "data")
@@ -159,7 +159,7 @@ class Harness:
         return box["r"]
 
     def ingest(self, wires: list[dict]) -> None:
-        from engine.journal.events import parse_event
+        from interest.engine.journal.events import parse_event
         if not wires:
             return
         events = [parse_event(w, self.limits) for w in wires]
@@ -197,10 +197,10 @@ def _ask_all(harness: Harness, base: Baselines, user: str, k: int) -> dict[str, 
 def embed_items(data, config_path: str | None, cache: str, progress: bool,
                 batch: int = 32) -> dict:
     """Item embeddings from the real model (cached across runs in ``cache``)."""
-    from actors.inference import Inference
-    from engine.config import load_config
-    from engine.errors import ModelUnavailable
-    from actors.profiles import item_text
+    from interest.actors.inference import Inference
+    from interest.engine.config import load_config
+    from interest.engine.errors import ModelUnavailable
+    from interest.actors.profiles import item_text
     inference = Inference.start(load_config(config_path), cache)
     if not inference.available:
         raise ModelUnavailable(inference.reason)
@@ -350,7 +350,7 @@ def _table(pre: dict | None, loo: dict | None, k: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine import movielens
+    from interest.engine import movielens
     parser = argparse.ArgumentParser(prog="interest eval", description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(movielens.DEFAULT_PATH),
                         help="MovieLens-100K folder (u.data, u.item, u.user)")

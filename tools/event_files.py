@@ -8,7 +8,7 @@ from typing import Iterator
 
 import msgpack
 
-from engine import movielens
+from interest.engine import movielens
 
 
 def detect_format(path: Path) -> str:

@@ -37,15 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--item", help="also explain this item's score and rank")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait per request")
-    from tools.keys import add_key_options  # noqa: PLC0415
+    from interest.tools.keys import add_key_options  # noqa: PLC0415
     add_key_options(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from engine.serving.client import Client, RequestError
-    from engine.errors import InterestError
+    from interest.engine.serving.client import Client, RequestError
+    from interest.engine.errors import InterestError
     fields = {"user": args.user}
     if args.item:
         fields["item"] = args.item
@@ -143,7 +143,7 @@ def _with_reasons(recs: dict, explain: dict) -> list[dict]:
     for row in recs.get("items") or []:
         text = known.get(row["item"])
         if text is None:
-            from engine.recommend.reasons import reason
+            from interest.engine.recommend.reasons import reason
             state = state or _state_from(explain)
             text = reason(row, None, state)
         items.append({**row, "reason": text})

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from engine.serving.auth import ROLES, AuthConfigError, create_key_pair
+from interest.engine.serving.auth import ROLES, AuthConfigError, create_key_pair
 
 
 def add_key_options(parser: argparse.ArgumentParser) -> None:

@@ -16,10 +16,10 @@ import time
 
 from tqdm import tqdm
 
-from engine.errors import InterestError
-from engine.serving.client import Client, Publisher, RequestError
-from tools.event_files import count_events, read_events
-from tools.keys import add_key_options, key_options
+from interest.engine.errors import InterestError
+from interest.engine.serving.client import Client, Publisher, RequestError
+from interest.tools.event_files import count_events, read_events
+from interest.tools.keys import add_key_options, key_options
 
 
 def batches(events, size: int):

@@ -11,10 +11,10 @@ import argparse
 import json
 import sys
 
-from engine.serving.auth import AuthConfigError
-from engine.serving.client import Client
-from engine.errors import DeadlineExceeded
-from tools.keys import add_key_options, key_options
+from interest.engine.serving.auth import AuthConfigError
+from interest.engine.serving.client import Client
+from interest.engine.errors import DeadlineExceeded
+from interest.tools.keys import add_key_options, key_options
 
 
 def _parse_fields(pairs: list[str]) -> dict:

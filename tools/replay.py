@@ -17,12 +17,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engine.journal.codec import CATALOG_STREAM
-from engine.config import load_config
-from engine.journal.events import PROFILE_TYPE
-from engine.projections.state import FoldParams, InterestState, replay
-from engine.errors import StoreError
-from engine.journal.store import LmdbStore, Store
+from interest.engine.journal.codec import CATALOG_STREAM
+from interest.engine.config import load_config
+from interest.engine.journal.events import PROFILE_TYPE
+from interest.engine.projections.state import FoldParams, InterestState, replay
+from interest.engine.errors import StoreError
+from interest.engine.journal.store import LmdbStore, Store
 
 
 def check(store: Store, params: FoldParams, progress: bool = True) -> dict:
@@ -97,7 +97,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def export(store: Store, out: Path, include_derived: bool) -> int:
-    from tools.event_files import write_events  # noqa: PLC0415
+    from interest.tools.event_files import write_events  # noqa: PLC0415
     events = (e.event for e in store.read_all()
               if include_derived or e.event["type"] != PROFILE_TYPE)
     return write_events(out, events)
@@ -133,11 +133,11 @@ def main(argv: list[str]) -> int:
     pub.add_argument("--api", default="tcp://127.0.0.1:7101")
     pub.add_argument("--rate", type=float, default=0.0)
     pub.add_argument("--batch", type=int, default=100)
-    from tools.keys import add_key_options, key_argv  # noqa: PLC0415
+    from interest.tools.keys import add_key_options, key_argv  # noqa: PLC0415
     add_key_options(pub)
     args = parser.parse_args(argv)
     if args.action == "publish":
-        from tools import publish  # noqa: PLC0415
+        from interest.tools import publish  # noqa: PLC0415
         return publish.main([args.file, "--ingest", args.ingest, "--api", args.api,
                              "--rate", str(args.rate), "--batch", str(args.batch),
                              *key_argv(args)])

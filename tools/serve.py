@@ -15,8 +15,8 @@ import threading
 
 import zmq
 
-from engine.config import load_config
-from engine.errors import ConfigError, InterestError
+from interest.engine.config import load_config
+from interest.engine.errors import ConfigError, InterestError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,20 +40,20 @@ def start_inference(config: dict, data_dir):
     """The shared model actor, or None when inference is disabled or not built."""
     if not config["inference"].get("enabled", True):
         return None
-    from actors.inference import Inference   # noqa: PLC0415 - loads llama.cpp
+    from interest.actors.inference import Inference   # noqa: PLC0415 - loads llama.cpp
     from pathlib import Path  # noqa: PLC0415
     return Inference.start(config, str(Path(data_dir) / "cache"))
 
 
 def check_data_dir(data_dir) -> None:
     """Fail fast (before loading a model) when another process holds the data directory."""
-    from engine.journal.lock import DataDirLock  # noqa: PLC0415
+    from interest.engine.journal.lock import DataDirLock  # noqa: PLC0415
     DataDirLock(data_dir).acquire().release()
 
 
 def start(config: dict, data_dir, args, on_fatal=None):
     """(inference, server); whatever started is stopped again if the rest fails."""
-    from engine.serving.server import Server  # noqa: PLC0415
+    from interest.engine.serving.server import Server  # noqa: PLC0415
     check_data_dir(data_dir)
     inference = start_inference(config, data_dir)
     try:

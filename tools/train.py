@@ -17,9 +17,9 @@ from pathlib import Path
 
 
 def _from_journal(data: Path, rec) -> int:
-    from engine.journal.codec import CATALOG_STREAM
-    from engine.journal.events import PROFILE_TYPE
-    from engine.journal.store import LmdbStore
+    from interest.engine.journal.codec import CATALOG_STREAM
+    from interest.engine.journal.events import PROFILE_TYPE
+    from interest.engine.journal.store import LmdbStore
     if not (data / "journal").is_dir():
         raise FileNotFoundError(f"no journal in {data} (expected {data / 'journal'})")
     store = LmdbStore(data / "journal")
@@ -39,8 +39,8 @@ def _from_journal(data: Path, rec) -> int:
 
 
 def _from_movielens(path: Path, rec) -> int:
-    from engine import movielens
-    from engine.journal.codec import StoredEvent
+    from interest.engine import movielens
+    from interest.engine.journal.codec import StoredEvent
     ml = movielens.load(path)
     tags = {}
     for it in ml.items:
@@ -58,10 +58,10 @@ def _from_movielens(path: Path, rec) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.projections.catalog import Catalog
-    from engine.config import load_config
-    from engine.recommend import Recommender, model_path
-    from engine.projections.state import FoldParams
+    from interest.engine.projections.catalog import Catalog
+    from interest.engine.config import load_config
+    from interest.engine.recommend import Recommender, model_path
+    from interest.engine.projections.state import FoldParams
     parser = argparse.ArgumentParser(prog="interest train", description=__doc__.split("\n")[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="service data dir (holds journal/)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from engine.errors import DecodeError, StoreError
+from interest.engine.errors import DecodeError, StoreError
 
 ENVELOPE_VERSION = 1
 CATALOG_STREAM = ""

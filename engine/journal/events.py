@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from engine.errors import ValidationError
+from interest.engine.errors import ValidationError
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
@@ -51,7 +51,7 @@ _PLAUSIBLE_SINCE = 631152000.0      # 1990-01-01: a ts/1000 after this looks lik
 @lru_cache(maxsize=1)
 def default_limits() -> dict:
     """``[limits]`` of configs/default.toml (the one source of defaults)."""
-    from engine.config import load_config  # noqa: PLC0415 - config imports nothing of ours
+    from interest.engine.config import load_config  # noqa: PLC0415 - config imports nothing of ours
     return load_config()["limits"]
 
 

@@ -17,7 +17,7 @@ import os
 import zlib
 from pathlib import Path
 
-from engine.errors import CorruptFile
+from interest.engine.errors import CorruptFile
 
 MAGIC = b"INTCHK01"
 HEADER_BYTES = len(MAGIC) + 8 + 4

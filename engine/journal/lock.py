@@ -13,7 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from engine.errors import DataDirLocked, StoreError
+from interest.engine.errors import DataDirLocked, StoreError
 
 LOCK_NAME = "LOCK"
 

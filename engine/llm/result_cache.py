@@ -24,7 +24,7 @@ from typing import Any
 import lmdb
 import msgpack
 
-from engine.errors import StoreError, StoreFull
+from interest.engine.errors import StoreError, StoreFull
 
 _SEP = b"\x1f"
 

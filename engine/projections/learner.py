@@ -20,9 +20,9 @@ import logging
 import time
 from pathlib import Path
 
-from engine.journal.codec import CATALOG_STREAM
-from engine.journal.events import PROFILE_TYPE
-from engine.projections.runner import DeadLetters, Projection
+from interest.engine.journal.codec import CATALOG_STREAM
+from interest.engine.journal.events import PROFILE_TYPE
+from interest.engine.projections.runner import DeadLetters, Projection
 
 logger = logging.getLogger(__name__)
 

@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.journal.codec import CATALOG_STREAM
-from engine.journal.events import PROFILE_TYPE
-from engine.projections.log import CommittedLog
-from engine.projections.runner import DeadLetters, Positioned
-from engine.recommend.scorers import Rows
+from interest.engine.journal.codec import CATALOG_STREAM
+from interest.engine.journal.events import PROFILE_TYPE
+from interest.engine.projections.log import CommittedLog
+from interest.engine.projections.runner import DeadLetters, Positioned
+from interest.engine.recommend.scorers import Rows
 
 logger = logging.getLogger(__name__)
 
@@ -363,10 +363,10 @@ class _ParentGone(Exception):
 
 class _Child:
     def __init__(self, conn, config: dict, data_dir: Path):
-        from engine.journal.store import LmdbStore  # noqa: PLC0415
-        from engine.projections.catalog import Catalog  # noqa: PLC0415
-        from engine.projections.state import FoldParams  # noqa: PLC0415
-        from engine.recommend import Recommender, model_path  # noqa: PLC0415
+        from interest.engine.journal.store import LmdbStore  # noqa: PLC0415
+        from interest.engine.projections.catalog import Catalog  # noqa: PLC0415
+        from interest.engine.projections.state import FoldParams  # noqa: PLC0415
+        from interest.engine.recommend import Recommender, model_path  # noqa: PLC0415
         cfg, rec_cfg = config["store"], config["recommend"]
         self.conn = conn
         self.store = LmdbStore(data_dir / "journal", map_size_mb=cfg["map_size_mb"],

@@ -15,8 +15,8 @@ import itertools
 import threading
 import time
 
-from engine.journal.codec import StoredEvent
-from engine.journal.store import Store
+from interest.engine.journal.codec import StoredEvent
+from interest.engine.journal.store import Store
 
 
 class CommittedLog:

@@ -34,8 +34,8 @@ from abc import ABC, abstractmethod
 from collections import deque
 from typing import Callable
 
-from engine.journal.codec import StoredEvent
-from engine.projections.log import CommittedLog
+from interest.engine.journal.codec import StoredEvent
+from interest.engine.projections.log import CommittedLog
 
 logger = logging.getLogger(__name__)
 

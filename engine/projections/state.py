@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from engine.journal.codec import StoredEvent
-from engine.journal.events import PROFILE_TYPE
+from interest.engine.journal.codec import StoredEvent
+from interest.engine.journal.events import PROFILE_TYPE
 
 STATE_VERSION = 1
 

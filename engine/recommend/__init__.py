@@ -5,8 +5,8 @@ immutable ``Models`` snapshots (models.py) that any thread scores from;
 ``Recommender`` (core.py) is the same behind the former single-object API.
 """
 
-from engine.recommend.core import MODEL_FILE, Recommender, model_path
-from engine.recommend.learner import Learner
-from engine.recommend.models import Models
+from interest.engine.recommend.core import MODEL_FILE, Recommender, model_path
+from interest.engine.recommend.learner import Learner
+from interest.engine.recommend.models import Models
 
 __all__ = ["MODEL_FILE", "Learner", "Models", "Recommender", "model_path"]

@@ -25,8 +25,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from engine.recommend.learner import MODEL_FORMAT, Learner, write_atomic  # noqa: F401
-from engine.recommend.models import Models
+from interest.engine.recommend.learner import MODEL_FORMAT, Learner, write_atomic  # noqa: F401
+from interest.engine.recommend.models import Models
 
 MODEL_FILE = Path("models") / "recommender.msgpack"
 

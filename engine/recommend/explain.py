@@ -16,9 +16,9 @@ the user's strongest contributing event is left out of the user's state.
 
 from __future__ import annotations
 
-from engine.journal.events import PROFILE_TYPE
-from engine.recommend.reasons import reason
-from engine.projections.state import InterestState, decay, replay
+from interest.engine.journal.events import PROFILE_TYPE
+from interest.engine.recommend.reasons import reason
+from interest.engine.projections.state import InterestState, decay, replay
 
 #: at most this many timeline events in an explain reply (the newest are kept)
 MAX_TIMELINE = 5000

@@ -50,12 +50,12 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from engine.journal.files import read_checked, write_checked
-from engine.recommend.fusion import Fusion, reward_of, segment_of
-from engine.recommend.models import Models
-from engine.recommend.query import NOT_POSITIVE, Query
-from engine.recommend.scorers import Freeze, ItemIndex, frozen
-from engine.recommend.sources import (Collaborative, Content, Demographic, Obs, PopularitySource,
+from interest.engine.journal.files import read_checked, write_checked
+from interest.engine.recommend.fusion import Fusion, reward_of, segment_of
+from interest.engine.recommend.models import Models
+from interest.engine.recommend.query import NOT_POSITIVE, Query
+from interest.engine.recommend.scorers import Freeze, ItemIndex, frozen
+from interest.engine.recommend.sources import (Collaborative, Content, Demographic, Obs, PopularitySource,
                                       Semantic, Sequential, TagMatrix)
 
 MODEL_FORMAT = 1

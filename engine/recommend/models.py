@@ -33,8 +33,8 @@ from itertools import repeat
 
 import numpy as np
 
-from engine.recommend.query import Query, query_of
-from engine.recommend.scorers import Extra, ItemIndex
+from interest.engine.recommend.query import Query, query_of
+from interest.engine.recommend.scorers import Extra, ItemIndex
 
 LLM_SOURCES = frozenset({"semantic"})
 _NONE = np.zeros(0, dtype=np.intp)

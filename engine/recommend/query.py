@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.recommend.fusion import segment_of
+from interest.engine.recommend.fusion import segment_of
 
 #: event types that are not positive interactions with an item
 NOT_POSITIVE = frozenset({"skip", "dislike", "search"})

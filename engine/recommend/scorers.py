@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.recommend.query import Query, recency, segments_of, tag_blend
+from interest.engine.recommend.query import Query, recency, segments_of, tag_blend
 
 
 class ItemIndex:

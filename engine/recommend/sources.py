@@ -31,9 +31,9 @@ from operator import itemgetter
 
 import numpy as np
 
-from engine.recommend.popularity import Popularity
-from engine.recommend.query import Query, age_bucket, segments_of  # noqa: F401 - re-exported
-from engine.recommend.scorers import (CollaborativeScorer, ContentScorer, DemographicScorer,
+from interest.engine.recommend.popularity import Popularity
+from interest.engine.recommend.query import Query, age_bucket, segments_of  # noqa: F401 - re-exported
+from interest.engine.recommend.scorers import (CollaborativeScorer, ContentScorer, DemographicScorer,
                                       Freeze, PopularityScorer, Rows, SemanticScorer,
                                       SequentialScorer, TagTable, Vectors, frozen, grown,
                                       pop_arrays)

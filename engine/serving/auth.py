@@ -38,7 +38,7 @@ from zmq.auth import create_certificates, load_certificate
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from engine.errors import ConfigError, Forbidden
+from interest.engine.errors import ConfigError, Forbidden
 
 logger = logging.getLogger(__name__)
 

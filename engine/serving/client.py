@@ -7,9 +7,9 @@ import uuid
 
 import zmq
 
-from engine.journal.codec import decode_frame, encode_frame
-from engine.errors import DeadlineExceeded, InterestError
-from engine.serving.auth import AuthConfigError, secure_client_socket
+from interest.engine.journal.codec import decode_frame, encode_frame
+from interest.engine.errors import DeadlineExceeded, InterestError
+from interest.engine.serving.auth import AuthConfigError, secure_client_socket
 
 _ERRORS = {cls.code: cls for cls in InterestError.__subclasses__()}
 

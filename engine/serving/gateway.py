@@ -31,12 +31,12 @@ import time
 
 import zmq
 
-from engine.errors import BadRequest, DeadlineExceeded, InterestError, Overloaded
-from engine.journal.codec import decode_frame, encode_frame
-from engine.logs import RateLimitedLog
-from engine.serving.loops import SocketThread
-from engine.serving.metrics import op_key
-from engine.serving.requests import Flush, Interests, Recommend, Request, parse_request
+from interest.engine.errors import BadRequest, DeadlineExceeded, InterestError, Overloaded
+from interest.engine.journal.codec import decode_frame, encode_frame
+from interest.engine.logs import RateLimitedLog
+from interest.engine.serving.loops import SocketThread
+from interest.engine.serving.metrics import op_key
+from interest.engine.serving.requests import Flush, Interests, Recommend, Request, parse_request
 
 logger = logging.getLogger(__name__)
 

@@ -69,10 +69,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from engine.errors import (BadRequest, ConfigError, DeadlineExceeded, Forbidden, InterestError,
+from interest.engine.errors import (BadRequest, ConfigError, DeadlineExceeded, Forbidden, InterestError,
                            NotFound, Unavailable)
-from engine.serving.auth import ROLES, allowed, forbidden, is_loopback
-from engine.serving.metrics import op_key
+from interest.engine.serving.auth import ROLES, allowed, forbidden, is_loopback
+from interest.engine.serving.metrics import op_key
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ import time
 
 import zmq
 
-from engine.errors import BadRequest
-from engine.journal.codec import decode_frame
-from engine.logs import RateLimitedLog
-from engine.serving.loops import SocketThread
-from engine.serving.requests import check_batch_size, parse_batch
+from interest.engine.errors import BadRequest
+from interest.engine.journal.codec import decode_frame
+from interest.engine.logs import RateLimitedLog
+from interest.engine.serving.loops import SocketThread
+from interest.engine.serving.requests import check_batch_size, parse_batch
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from engine.serving.requests import OPS as REQUEST_OPS
+from interest.engine.serving.requests import OPS as REQUEST_OPS
 
 OPS = tuple(REQUEST_OPS)           # the protocol's ops, as engine.serving.requests parses them
 

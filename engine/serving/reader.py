@@ -19,14 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from actors.runtime import ActorDirectory
-from actors.user import interests_reply, load_state
-from engine.errors import InterestError, NotFound
-from engine.journal.store import Store
-from engine.projections.catalog import Catalog
-from engine.projections.state import FoldParams, InterestState
-from engine.recommend.explain import explain_user
-from engine.serving.requests import Explain, Interests, Recommend
+from interest.actors.runtime import ActorDirectory
+from interest.actors.user import interests_reply, load_state
+from interest.engine.errors import InterestError, NotFound
+from interest.engine.journal.store import Store
+from interest.engine.projections.catalog import Catalog
+from interest.engine.projections.state import FoldParams, InterestState
+from interest.engine.recommend.explain import explain_user
+from interest.engine.serving.requests import Explain, Interests, Recommend
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import BadRequest
-from engine.journal.events import Event, parse_event
+from interest.engine.errors import BadRequest
+from interest.engine.journal.events import Event, parse_event
 
 MAX_OP_ECHO = 40          # characters of an unknown op name quoted back in an error
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import zmq
 
-from engine.serving.auth import ServerAuth, warn_if_exposed
-from engine.serving.gateway import Gateway
-from engine.serving.ingest import IngestLoop
-from engine.serving.service import Service
+from interest.engine.serving.auth import ServerAuth, warn_if_exposed
+from interest.engine.serving.gateway import Gateway
+from interest.engine.serving.ingest import IngestLoop
+from interest.engine.serving.service import Service
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Server:
                                    on_fatal=on_fatal).start()
             http = http if http is not None else (config.get("http") or {}).get("address", "")
             if http:          # the HTTP side port (engine.serving.http); "" = off
-                from engine.serving.http import HttpSide  # noqa: PLC0415
+                from interest.engine.serving.http import HttpSide  # noqa: PLC0415
                 self.http = HttpSide(self.service, http, config).start()
         except BaseException:
             self.stop()

@@ -27,26 +27,26 @@ from typing import Any, Callable
 
 import psutil
 
-from actors.messages import Query
-from actors.profiles import ProfileScheduler
-from actors.projections import CatalogProjection, ProfileProjection, UserStateProjection
-from actors.runtime import ActorDirectory, Dispatcher
-from actors.user import UserActor, UserEnv
-from engine.errors import BadRequest, InterestError, Overloaded, Unavailable
-from engine.journal.codec import CATALOG_STREAM
-from engine.journal.events import CATALOG_TYPES, Event
-from engine.journal.store import APPENDED, Store, open_store
-from engine.journal.writer import WriteJob, Writer
-from engine.projections.catalog import Catalog
-from engine.projections.learner import LearnerProjection
-from engine.projections.learner_process import LearnerProcess
-from engine.projections.log import CommittedLog
-from engine.projections.runner import DeadLetters, ProjectionRunner
-from engine.projections.state import FoldParams
-from engine.recommend import Recommender, model_path
-from engine.serving.metrics import Metrics, op_key
-from engine.serving.reader import Reader
-from engine.serving.requests import (Explain, Flush, Ingest, Interests, Ping, Recommend, Request,
+from interest.actors.messages import Query
+from interest.actors.profiles import ProfileScheduler
+from interest.actors.projections import CatalogProjection, ProfileProjection, UserStateProjection
+from interest.actors.runtime import ActorDirectory, Dispatcher
+from interest.actors.user import UserActor, UserEnv
+from interest.engine.errors import BadRequest, InterestError, Overloaded, Unavailable
+from interest.engine.journal.codec import CATALOG_STREAM
+from interest.engine.journal.events import CATALOG_TYPES, Event
+from interest.engine.journal.store import APPENDED, Store, open_store
+from interest.engine.journal.writer import WriteJob, Writer
+from interest.engine.projections.catalog import Catalog
+from interest.engine.projections.learner import LearnerProjection
+from interest.engine.projections.learner_process import LearnerProcess
+from interest.engine.projections.log import CommittedLog
+from interest.engine.projections.runner import DeadLetters, ProjectionRunner
+from interest.engine.projections.state import FoldParams
+from interest.engine.recommend import Recommender, model_path
+from interest.engine.serving.metrics import Metrics, op_key
+from interest.engine.serving.reader import Reader
+from interest.engine.serving.requests import (Explain, Flush, Ingest, Interests, Ping, Recommend, Request,
                                      Stats, parse_batch, parse_request)
 
 logger = logging.getLogger(__name__)
