@@ -1,0 +1,1 @@
+"""Partitions by user: the layout of a partitioned data directory, the router."""
