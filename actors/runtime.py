@@ -291,6 +291,17 @@ class ActorDirectory:
             self.passivations += 1
             excess -= 1
 
+    def drop(self, key: str) -> bool:
+        """Passivate ``key``'s actor now, behind the messages it already has (a user's
+        erasure); a later message activates a fresh one from the store."""
+        with self._lock:
+            slot = self._live.pop(key, None)
+            if slot is None:
+                return False
+            self._stop(slot[0])
+        self.passivations += 1
+        return True
+
     def peek(self, key: str):
         """The live actor object for ``key`` or None; never activates (any thread)."""
         slot = self._live.get(key)

@@ -26,7 +26,7 @@ from typing import Any
 from interest.actors.messages import Apply, ProfileDone, Query
 from interest.actors.runtime import PooledActor
 from interest.engine.errors import InterestError
-from interest.engine.journal.events import PROFILE_TYPE
+from interest.engine.journal.events import DERIVED_TYPES
 from interest.engine.journal.store import Store
 from interest.engine.journal.writer import WriteJob, Writer
 from interest.engine.projections.runner import DeadLetters
@@ -151,7 +151,7 @@ class UserActor(PooledActor):
                     state.version = entry.seq          # skipped, on record
                     env.dead.record(entry, PROJECTION, exc)
                     continue
-                behaviour = behaviour or entry.event["type"] != PROFILE_TYPE
+                behaviour = behaviour or entry.event["type"] not in DERIVED_TYPES
         env.metrics.add("applied", len(entries))
         if behaviour:
             self.last_event_at = time.monotonic()
@@ -181,16 +181,19 @@ class UserActor(PooledActor):
             message.reply(InterestError(f"{type(exc).__name__}: {exc}"))
 
 
-def interests_reply(state: InterestState, params: FoldParams, stale: bool | None = None) -> dict:
-    """The `interests` reply of PROTOCOL.md from a user's state."""
-    profile = state.profile
-    llm = None
-    if profile is not None:
-        llm = {"model": profile["model"], "version": profile["version"], "at": profile["at"],
-               "stale": state.since_profile > 0 if stale is None else stale}
+def interests_reply(state: InterestState, params: FoldParams, stale: bool | None = None,
+                    reason: str | None = None) -> dict:
+    """The `interests` reply of PROTOCOL.md from a user's state. ``llm`` is always an
+    object: ``stale`` is true when the summary is missing or older than the user's last
+    event, and ``reason`` (actors.profiles.llm_reason) says why (null when current)."""
+    profile = state.profile or {}
+    if stale is None:
+        stale = not profile or state.since_profile > 0
+    llm = {"model": profile.get("model"), "version": profile.get("version"),
+           "at": profile.get("at"), "stale": bool(stale), "reason": reason if stale else None}
     return {
         "user": state.user, "events": state.events, "version": state.version,
         "tags": state.tag_weights(params)[:50],
-        "summary": profile["summary"] if profile else None,
+        "summary": profile.get("summary"),
         "llm": llm, "updated_at": state.last_ts,
     }

@@ -163,7 +163,8 @@ def test_html_report_for_cold_warm_and_unknown_users(server, client, loaded, tmp
             assert len(parser.imgs) == 1            # the recommendations
         else:
             assert len(parser.imgs) >= 3            # curves, timeline, recommendations
-            assert "would rank" in text
+            assert "Without it this item would" in text
+            assert "True" not in text and "False" not in text       # prose, not Python
         assert "no model profile yet" in text
     capsys.readouterr()
     assert explain_report.main(["cold", "--api", server.api, "--item", "m3"]) == 0
@@ -184,3 +185,113 @@ def test_content_contribution_splits_exactly_over_tags(client):
     split = reply["content_tags"]
     assert set(split) <= {"Drama", "War"}            # History is not among the user's tags
     assert sum(split.values()) == pytest.approx(content, rel=1e-9, abs=1e-12)
+
+
+# ------------------------------------------------- titles, prose and chart sizes
+
+
+def walk_rows(obj):
+    """Every map in a reply that names an item."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("item"), str):
+            yield obj
+        for value in obj.values():
+            yield from walk_rows(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from walk_rows(value)
+
+
+def test_every_item_in_the_explain_reply_has_its_title_beside_it(client):
+    client.call("ingest", events=[item_event("m1", ["Drama"], title="Kolya (1996)"),
+                                  item_event("m2", ["Drama", "War"], title="Babe (1995)"),
+                                  event("r1", "rate", item="m1", value=4.0),
+                                  event("r2", "rate", item="m2", ts=200.0, value=5.0),
+                                  event("v1", "view", item="m2", ts=300.0)])
+    reply = client.call("explain", user="u1", item="m2")
+    rows = list(walk_rows(reply))
+    assert len(rows) >= 8       # item, counterfactual event, recommendations, timeline, tags
+    titles = {"m1": "Kolya (1996)", "m2": "Babe (1995)"}
+    for row in rows:
+        assert row["title"] == titles.get(row["item"]), row
+        keys = list(row)
+        assert keys.index("title") == keys.index("item") + 1, keys       # beside the item
+    rates = [row for row in rows if row.get("type") == "rate" and "id" in row]
+    assert rates and all(row["value"] in (4.0, 5.0) for row in rates)
+    assert reply["item"]["counterfactual"]["removed_event"]["title"] == "Babe (1995)"
+
+
+def cf_item(rank, without, basis="item_tags", shared=("Comedy",)):
+    return {"item": "242", "title": "Kolya (1996)", "rank": rank, "seen": True,
+            "counterfactual": {"rank": rank, "rank_without": without, "basis": basis,
+                               "shared_tags": list(shared),
+                               "removed_event": {"id": "e8", "seq": 3, "type": "rate",
+                                                 "item": "8", "title": "Babe (1995)",
+                                                 "value": 5.0, "ts": 881251753.0}}}
+
+
+def test_the_counterfactual_reads_right_in_every_direction():
+    worse = explain_report.counterfactual_text(cf_item(3, 9))
+    better = explain_report.counterfactual_text(cf_item(166, 165))
+    same = explain_report.counterfactual_text(cf_item(40, 40, basis="latest", shared=()))
+    for text in (worse, better, same):
+        # "rate of 8" could be a rating of 8: the item is named by its title, the rating said
+        assert 'you rated "Babe (1995)" (item 8) with a rating of 5 on 1997-12-04' in text
+    assert "drop from rank 3 to rank 9" in worse and "helping it" in worse
+    assert "rise from rank 166 to rank 165" in better and "holds this item back" in better
+    assert "stay at rank 40" in same and "most recent event" in same
+    assert "tags: Comedy" in worse
+    assert explain_report.counterfactual_text({"counterfactual": None}).startswith("No event")
+    assert "True" not in explain_report.seen_text({"seen": True})
+    assert "already" in explain_report.seen_text({"seen": True})
+
+
+def test_event_phrases_name_titles_and_ratings():
+    phrase = explain_report.event_phrase
+    assert phrase({"type": "rate", "item": "8", "title": "Babe (1995)", "value": 4.0}) == \
+        'rated "Babe (1995)" (item 8) with a rating of 4'
+    assert phrase({"type": "view", "item": "8", "title": None}) == "viewed item 8"
+    assert phrase({"type": "search", "query": "space"}) == 'searched for "space"'
+    assert explain_report.item_name({"item": "8", "title": "Babe (1995)"}) == \
+        "Babe (1995) (item 8)"
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figure objects instead of their PNGs."""
+    monkeypatch.setattr(explain_report, "_png", lambda fig: fig)
+    yield
+    explain_report._plt().close("all")
+
+
+def test_the_recommendation_chart_is_sized_to_its_data(figures):
+    items = [{"item": str(i), "title": f"A Long Title Number {i} (1996)", "score": 0.9 / i,
+              "sources": {"sequential": 0.6 / i, "popularity": 0.3 / i, "content": 0.0}}
+             for i in range(1, 11)]
+    fig = explain_report.recommendations_figure(items)
+    ax = fig.axes[0]
+    low, high = ax.get_xlim()
+    assert low == 0 and 0.9 <= high <= 0.9 * 1.15            # to the top score, not 2.5x it
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "A Long Title Number 1 (1996) (item 1)"    # whole, best on top
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["sequential", "popularity"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    assert len(ax.texts) == 10                  # one score label per bar, no reasons in the plot
+    for text in ax.texts:                       # each inside the plot, none cut at its edge
+        box = text.get_window_extent(renderer)
+        assert axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1, text.get_text()
+
+
+def test_the_item_chart_shows_only_contributing_sources(figures):
+    fig = explain_report.item_figure({"item": "242", "title": "Kolya (1996)",
+                                      "sources": {"demographic": 0.044, "popularity": 0.016,
+                                                  "sequential": 0.0, "content": -0.01}})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["content", "popularity",
+                                                             "demographic"]
+    low, high = ax.get_xlim()
+    assert low < -0.01 and 0.044 < high < 0.044 + 0.2 * 0.054 + 1e-9
+    assert "Kolya (1996) (item 242)" in ax.get_title()
+    assert "sequential" in ax.get_xlabel()

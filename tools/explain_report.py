@@ -24,7 +24,8 @@ from types import SimpleNamespace
 
 DEFAULT_API = "tcp://127.0.0.1:7101"
 SOURCE_COLOURS = {"sequential": "#4c72b0", "collaborative": "#dd8452", "content": "#55a868",
-                  "semantic": "#c44e52", "popularity": "#8172b3", "demographic": "#937860"}
+                  "semantic": "#c44e52", "popularity": "#8172b3", "demographic": "#937860",
+                  "ease": "#da8bc3"}
 MAX_CURVE_TAGS = 8
 MAX_EVENT_ROWS = 100
 
@@ -32,11 +33,13 @@ MAX_EVENT_ROWS = 100
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interest explain",
                                 description="explain a user's interests, optionally as HTML")
-    p.add_argument("user")
+    p.add_argument("user", help="the user id to explain")
     p.add_argument("--api", default=DEFAULT_API, help=f"api address (default {DEFAULT_API})")
     p.add_argument("--item", help="also explain this item's score and rank")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait per request")
+    p.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
+                   help="how long to wait for the service to answer at all (default 2)")
     from interest.tools.keys import add_key_options  # noqa: PLC0415
     add_key_options(p)
     return p
@@ -45,16 +48,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     from interest.engine.serving.client import Client, RequestError
-    from interest.engine.errors import InterestError
+    from interest.engine.errors import DeadlineExceeded, InterestError
     fields = {"user": args.user}
     if args.item:
         fields["item"] = args.item
     try:
-        with Client(args.api, timeout=args.timeout, server_key=args.server_key,
-                    client_key=args.client_key) as client:
+        with Client(args.api, timeout=args.timeout, connect_timeout=args.wait,
+                    server_key=args.server_key, client_key=args.client_key) as client:
             explain = client.call("explain", **fields)
             if not args.html:
-                print(json.dumps(_plain(explain), indent=2, sort_keys=True))
+                print(json.dumps(_plain(explain), indent=2))     # keys in reply order
                 return 0
             interests = client.call("interests", user=args.user)
             recs = client.call("recommend", user=args.user, k=10)
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except InterestError as exc:
         print(f"interest explain: {exc}", file=sys.stderr)
-        return 1
+        return 3 if isinstance(exc, DeadlineExceeded) else 2 if isinstance(exc, ValueError) else 1
     text = render(explain, interests, recs)
     with open(args.html, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -177,6 +180,15 @@ def _x(ts_list):
     return list(ts_list), "event time (s)"
 
 
+def _date_axis(ax, x) -> None:
+    """Readable dates on a time axis (year, day and time only where they change)."""
+    if x and isinstance(x[0], datetime):
+        import matplotlib.dates as mdates
+        locator = mdates.AutoDateLocator(maxticks=8)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
 def _short(text: str, n: int = 60) -> str:
     text = str(text)
     return text if len(text) <= n else text[:n - 1] + "\u2026"
@@ -197,7 +209,7 @@ def curves_figure(explain: dict) -> str | None:
     axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[0].set_title("Interest weights over time (top tags)")
     axes[1].set_xlabel(label)
-    fig.autofmt_xdate()
+    _date_axis(axes[1], x)
     return _png(fig)
 
 
@@ -220,44 +232,42 @@ def timeline_figure(explain: dict) -> str | None:
     ax.set_xlabel(label)
     ax.set_title("Event timeline (size: |weight|, red: negative)")
     ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
+    _date_axis(ax, x)
     return _png(fig)
 
 
 def recommendations_figure(items: list[dict]) -> str | None:
+    """Stacked bars of each recommendation's positive source contributions, titles on the
+    y axis; the x axis runs to the top score (reasons are in the table below)."""
     if not items:
         return None
     plt = _plt()
     names = []
     for row in items:
-        for name in row.get("sources") or {}:
-            if name not in names:
+        for name, value in (row.get("sources") or {}).items():
+            if name not in names and value > 0:
                 names.append(name)
-    fig, ax = plt.subplots(figsize=(11, 0.5 * len(items) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.42 * len(items) + 1.3))
     ys = list(range(len(items)))[::-1]
+    lefts = [0.0] * len(items)
     for name in names:
-        lefts = []
-        widths = []
-        for row in items:
-            lefts.append(sum(max(v, 0.0) for n, v in (row.get("sources") or {}).items()
-                             if names.index(n) < names.index(name)))
-            widths.append(max(float((row.get("sources") or {}).get(name, 0.0)), 0.0))
-        if any(widths):
-            ax.barh(ys, widths, left=lefts, label=name,
-                    color=SOURCE_COLOURS.get(name, None), edgecolor="white", linewidth=0.5)
-    top = max((sum(max(v, 0.0) for v in (r.get("sources") or {}).values()) for r in items),
-              default=0.0) or 1.0
-    for y, row in zip(ys, items):
-        total = sum(max(v, 0.0) for v in (row.get("sources") or {}).values())
-        ax.text(total + 0.02 * top, y, _short(row.get("reason", ""), 70), va="center",
-                fontsize=7)
+        widths = [max(float((row.get("sources") or {}).get(name, 0.0)), 0.0) for row in items]
+        ax.barh(ys, widths, left=lefts, label=name, color=SOURCE_COLOURS.get(name),
+                edgecolor="white", linewidth=0.5)
+        lefts = [a + b for a, b in zip(lefts, widths)]
+    top = max(lefts, default=0.0) or 1.0
+    for y, row, total in zip(ys, items, lefts):
+        ax.text(total + 0.01 * top, y, f"{float(row.get('score') or 0):.3f}", va="center",
+                fontsize=8)
     ax.set_yticks(ys)
-    ax.set_yticklabels([_short(r["item"], 24) for r in items])
-    ax.set_xlim(0, top * 2.6)
-    ax.set_xlabel("contribution to the fused score")
-    ax.set_title("Top recommendations: source contributions")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticklabels([_short(item_name(r), 42) for r in items], fontsize=9)
+    ax.set_xlim(0, top * 1.1)
+    ax.set_xlabel("contribution to the fused score (positive parts; the label is the score)")
+    ax.set_title("Top recommendations: where each score comes from")
+    if names:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="source",
+                  title_fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
 
@@ -266,13 +276,116 @@ def item_figure(item: dict) -> str | None:
     if not sources:
         return None
     plt = _plt()
-    names = list(sources)
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.2))
-    ax.barh(names, [float(sources[n]) for n in names],
-            color=[SOURCE_COLOURS.get(n, "#999999") for n in names])
-    ax.set_xlabel("contribution")
-    ax.set_title(_short(f"Item {item.get('item')}: score by source", 80))
+    names = sorted((n for n in sources if float(sources[n])), key=lambda n: float(sources[n]))
+    zero = sorted(n for n in sources if not float(sources[n]))
+    if not names:
+        return None
+    values = [float(sources[n]) for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.4))
+    ax.barh(names, values, color=[SOURCE_COLOURS.get(n, "#999999") for n in names])
+    low, high = min(values + [0.0]), max(values + [0.0])
+    span = (high - low) or 1.0
+    for y, value in enumerate(values):
+        ax.text(value + (0.01 if value >= 0 else -0.01) * span, y, f"{value:.3f}",
+                va="center", ha="left" if value >= 0 else "right", fontsize=8)
+    ax.set_xlim(low - (0.15 * span if low < 0 else 0.0), high + 0.15 * span)
+    ax.axvline(0, color="#666", linewidth=0.8)
+    ax.set_xlabel("contribution to the fused score"
+                  + (f"\n(nothing from {', '.join(zero)})" if zero else ""))
+    ax.set_title(_short(f"{item_name(item)}: score by source", 90))
     return _png(fig)
+
+
+# ------------------------------------------------------------------ words
+
+VERBS = {"view": "viewed", "click": "clicked", "cart": "added to the cart",
+         "purchase": "bought", "rate": "rated", "skip": "skipped", "dislike": "disliked"}
+
+
+def item_name(row: dict) -> str:
+    """'Babe (1995) (item 8)': the title first, the id after it; the id alone if untitled."""
+    item = row.get("item")
+    title = row.get("title")
+    if item is None:
+        return str(title or "")
+    return f"{title} (item {item})" if title and title != item else f"item {item}"
+
+
+def _number(value) -> str:
+    return f"{float(value):g}"
+
+
+def event_phrase(ev: dict) -> str:
+    """What the user did, as words: 'rated "Babe (1995)" (item 8) 4', 'searched for "x"'."""
+    etype = ev.get("type")
+    if etype == "search":
+        return f'searched for "{ev.get("query") or ""}"'
+    if ev.get("item") is None:
+        return str(etype)
+    name = f'"{ev["title"]}" (item {ev["item"]})' if ev.get("title") else f"item {ev['item']}"
+    text = f"{VERBS.get(etype, etype)} {name}"
+    if ev.get("value") is not None:
+        text += f" with a rating of {_number(ev['value'])}"
+    return text
+
+
+BASIS = {"item_tags": "it adds the most to this item's tags",
+         "all_tags": "none of your events shares this item's tags; it adds the most to your "
+                     "interests overall",
+         "latest": "it is your most recent event, where the item-to-item sources start"}
+
+
+def counterfactual_text(item: dict) -> str:
+    """The counterfactual as sentences, for either direction of the rank change."""
+    cf = item.get("counterfactual")
+    if not cf:
+        return "No event of yours bears on this item, so there is no counterfactual."
+    ev = cf["removed_event"]
+    basis = BASIS.get(cf.get("basis"), str(cf.get("basis")))
+    shared = cf.get("shared_tags") or []
+    if cf.get("basis") == "item_tags" and shared:
+        basis += ": " + ", ".join(shared)
+    rank, without = int(cf["rank"]), int(cf["rank_without"])
+    head = (f"The event that matters most for this item: you {event_phrase(ev)} on "
+            f"{_fmt_ts(ev.get('ts'))}; {basis}.")
+    if without > rank:
+        tail = (f"Without it this item would drop from rank {rank} to rank {without}: "
+                f"that event is helping it.")
+    elif without < rank:
+        tail = (f"Without it this item would rise from rank {rank} to rank {without}: that "
+                f"event lifts other items more than this one, so on balance it holds this "
+                f"item back.")
+    else:
+        tail = (f"Without it this item would stay at rank {rank}: this one event does not "
+                f"change where it ranks.")
+    return f"{head} {tail}"
+
+
+def seen_text(item: dict) -> str:
+    if item.get("seen"):
+        return ("You already have this item in your history, so it is not recommended to you "
+                "again; the rank is where it would be among all items.")
+    return "You have not interacted with this item yet."
+
+
+def _titles(obj, out: dict | None = None) -> dict:
+    """item -> title for every item the explain reply names."""
+    out = {} if out is None else out
+    if isinstance(obj, dict):
+        if isinstance(obj.get("item"), str) and obj.get("title"):
+            out.setdefault(obj["item"], obj["title"])
+        for value in obj.values():
+            _titles(value, out)
+    elif isinstance(obj, list):
+        for value in obj:
+            _titles(value, out)
+    return out
+
+
+def _llm_note(interests: dict) -> str:
+    llm = interests.get("llm") or {}
+    reason = llm.get("reason")
+    return f" ({reason})" if reason else ""
 
 
 # ------------------------------------------------------------------ html
@@ -280,7 +393,7 @@ def item_figure(item: dict) -> str | None:
 CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 font-size:0.9em;text-align:left;vertical-align:top}th{background:#f2f2f2}
-.note{color:#666}img{max-width:100%}"""
+.note{color:#666}img{max-width:100%}td:first-child{white-space:nowrap}"""
 
 
 def _fmt_ts(ts) -> str:
@@ -304,7 +417,8 @@ def render(explain: dict, interests: dict, recs: dict) -> str:
     e = html.escape
     user = str(explain.get("user", ""))
     n_events = int(explain.get("events") or 0)
-    parts = [f"<h1>Interest report: {e(user)}</h1>"]
+    titles = _titles(explain)
+    parts = [f"<h1>Interest report: user {e(user)}</h1>"]
     if n_events == 0:
         parts.append("<p><b>No events for this user yet</b> (unknown or new user): "
                      "no interests to show; the recommendations below are the cold-start "
@@ -339,42 +453,36 @@ def render(explain: dict, interests: dict, recs: dict) -> str:
         parts.append(_img(uri, "event timeline"))
         shown = events[-MAX_EVENT_ROWS:]
         parts.append(f"<p class='note'>Newest {len(shown)} of {len(events)} events.</p>")
-        parts.append(_table(["time", "type", "item", "weight", "tags"],
-                            [[_fmt_ts(ev["ts"]), ev["type"], ev.get("item") or ev.get("query")
-                              or "", f"{float(ev.get('weight') or 0):.3f}",
+        parts.append(_table(["time", "what the user did", "weight", "tags"],
+                            [[_fmt_ts(ev["ts"]), event_phrase(ev),
+                              f"{float(ev.get('weight') or 0):.3f}",
                               ", ".join(ev.get("tags") or [])] for ev in reversed(shown)]))
     else:
         parts.append("<p class='note'>No events.</p>")
 
     parts.append("<h2>Top-10 recommendations</h2>")
-    items = _with_reasons(recs, explain)
+    items = [{**row, "title": row.get("title") or titles.get(row["item"])}
+             for row in _with_reasons(recs, explain)]
     uri = recommendations_figure(items)
     if uri:
         parts.append(_img(uri, "top recommendations by source contribution"))
-        parts.append(_table(["#", "item", "score", "reason"],
-                            [[i + 1, r["item"], f"{float(r.get('score') or 0):.4f}",
+        parts.append(_table(["#", "item", "score", "why"],
+                            [[i + 1, item_name(r), f"{float(r.get('score') or 0):.4f}",
                               r.get("reason", "")] for i, r in enumerate(items)]))
     else:
         parts.append("<p class='note'>The service has nothing to recommend yet.</p>")
 
     item = explain.get("item")
     if item:
-        parts.append(f"<h2>Item {e(str(item.get('item')))}</h2>")
-        parts.append(f"<p>Rank {e(str(item.get('rank')))}, score "
-                     f"{float(item.get('score') or 0):.4f}, seen: {e(str(item.get('seen')))}. "
-                     f"{e(str(item.get('reason') or ''))}</p>")
+        parts.append(f"<h2>{e(item_name(item))}</h2>")
+        parts.append(f"<p>Rank <b>{e(str(item.get('rank')))}</b> for this user, score "
+                     f"{float(item.get('score') or 0):.4f}. {e(seen_text(item))}</p>")
+        if item.get("reason"):
+            parts.append(f"<p>Why: {e(str(item['reason']))}.</p>")
         uri = item_figure(item)
         if uri:
             parts.append(_img(uri, "item score by source"))
-        cf = item.get("counterfactual")
-        if cf:
-            ev = cf["removed_event"]
-            parts.append(f"<p>Without the user's strongest contributing event "
-                         f"({e(str(ev.get('type')))} of {e(str(ev.get('item')))} at "
-                         f"{e(_fmt_ts(ev.get('ts')))}, id {e(str(ev.get('id')))}; by "
-                         f"{e(str(cf.get('basis')))}) the item would rank "
-                         f"<b>{e(str(cf['rank_without']))}</b> instead of "
-                         f"{e(str(cf['rank']))}.</p>")
+        parts.append(f"<p>{e(counterfactual_text(item))}</p>")
 
     parts.append("<h2>Model summaries over time</h2>")
     profiles = explain.get("profiles") or []
@@ -386,10 +494,10 @@ def render(explain: dict, interests: dict, recs: dict) -> str:
                               ", ".join(str(t) for t in p.get("tags") or [])]
                              for p in reversed(profiles)]))
     else:
-        parts.append("<p class='note'>no model profile yet</p>")
+        parts.append(f"<p class='note'>no model profile yet{e(_llm_note(interests))}</p>")
 
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>Interest report: {e(user)}</title><style>{CSS}</style></head>"
+            f"<title>Interest report: user {e(user)}</title><style>{CSS}</style></head>"
             f"<body>{''.join(parts)}</body></html>\n")
 
 

@@ -39,6 +39,9 @@ ITEM_TYPES = BEHAVIOUR_TYPES - {"search"}
 CATALOG_TYPES = frozenset({"item", "user_attrs"})
 #: Derived events the service appends itself (never accepted from producers).
 PROFILE_TYPE = "profile"
+#: The tombstone of an erasure (`forget`): the store erases the stream before appending it.
+FORGET_TYPE = "forget"
+DERIVED_TYPES = frozenset({PROFILE_TYPE, FORGET_TYPE})
 
 _KNOWN_KEYS = frozenset(
     {"v", "id", "type", "ts", "user", "item", "value", "query", "ctx",
@@ -134,6 +137,17 @@ class ProfileEvent(Event):
         return {"user": self.user, "tags": list(self.tags), "summary": self.summary,
                 "model": self.model, "input_hash": self.input_hash,
                 "embedding": list(self.embedding) if self.embedding else None}
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetEvent(Event):
+    """The record of an erasure: committing it erases every earlier entry of the user's
+    stream (and the user's ``user_attrs``); the store fills in ``forgotten``."""
+
+    user: str = ""
+
+    def _fields(self) -> dict:
+        return {"user": self.user}
 
 
 # ---------------------------------------------------------------- validation

@@ -15,6 +15,19 @@ Streams: a user's id for user events, ``""`` (``CATALOG_STREAM``) for
 ``item`` and ``user_attrs`` events. Event ids are scoped to their stream: the
 same id under two users is two events.
 
+Erasure: committing a ``forget`` event (``events.FORGET_TYPE``, the `forget`
+op's tombstone) to a user's stream first erases, in the same transaction,
+every entry of that stream (journal, event-id index, global log position),
+its snapshot and dead letters, and the user's ``user_attrs`` entries and
+attributes in the catalog stream; then appends the tombstone with ``forgotten`` (entries
+erased, earlier tombstones not counted) filled in. The stream's sequence
+numbers go on after the erased ones, so anything computed before the
+erasure (a snapshot, an entry still held in memory) is ordered before the
+tombstone: a snapshot older than the stream's first remaining entry is
+refused, and the fold resets the state at the tombstone. The global log has
+gaps where entries were erased; readers skip them. Erased event ids are
+free again: a re-sent one is a new event.
+
 Snapshots are stored as ``codec.encode_snapshot`` records (seq + crc32);
 ``snapshot()`` returns None for one that fails its check, logs a warning and
 counts it in ``corrupt_snapshots``, so its user is rebuilt from the journal.
@@ -53,6 +66,7 @@ import msgpack
 from interest.engine.errors import DiskFull, InterestError, StoreError, StoreFull
 from interest.engine.journal.codec import (CATALOG_STREAM, SNAPSHOT_MAGIC, StoredEvent, decode_snapshot,
                                   encode_snapshot, snapshot_seq)
+from interest.engine.journal.events import FORGET_TYPE
 from interest.engine.journal.lock import DataDirLock
 from interest.engine.logs import RateLimitedLog
 
@@ -73,6 +87,9 @@ def position_key(name: str) -> str:
 class AppendResult:
     status: str                      # APPENDED or DUPLICATE
     stored: StoredEvent | None       # the new entry, when appended
+    #: for a ``forget`` tombstone: the entries it erased (their content, for the caller to
+    #: clear what it derived from them; never stored again)
+    erased: tuple[StoredEvent, ...] = ()
 
 
 @dataclass
@@ -87,10 +104,13 @@ class WriteBatch:
     #: (projection name, position): written as meta ``position/<name>``, 8 bytes big-endian
     positions: list[tuple[str, int]] = field(default_factory=list)
     recorded_at: float = 0.0
+    #: entries of another store, copied as they are (stream, seq, tags, recorded_at, event)
+    #: under new global positions after ``events``; see ``_restore``
+    restored: list[StoredEvent] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (len(self.events) + len(self.snapshots) + len(self.meta)
-                + len(self.dead_letters) + len(self.positions))
+                + len(self.dead_letters) + len(self.positions) + len(self.restored))
 
 
 class _Txn(ABC):
@@ -129,10 +149,52 @@ class _Txn(ABC):
     @abstractmethod
     def put_dead_letter(self, record: dict) -> None: ...
 
+    # -- erasure
+
+    @abstractmethod
+    def stream_entries(self, stream: str) -> list[StoredEvent]:
+        """Every entry the stream still has, in seq order (this transaction's included)."""
+
+    @abstractmethod
+    def first_seq(self, stream: str) -> int:
+        """The seq of the stream's first remaining entry, 0 when it has none."""
+
+    @abstractmethod
+    def delete_entry(self, entry: StoredEvent) -> None:
+        """Erase one entry: its journal record, its event-id key and its log position."""
+
+    @abstractmethod
+    def delete_snapshot(self, stream: str) -> None: ...
+
+    @abstractmethod
+    def delete_user_attrs(self, user: str) -> bool:
+        """Erase the user's attributes; True if there were any."""
+
+    @abstractmethod
+    def delete_dead_letters(self, stream: str) -> None:
+        """Erase the dead letters of the stream's entries."""
+
+
+def _erase(txn: _Txn, user: str) -> list[StoredEvent]:
+    """Erase the user's stream, snapshot and ``user_attrs`` (see the module docstring)."""
+    erased = [e for e in txn.stream_entries(user) if e.stream == user]
+    if txn.delete_user_attrs(user):
+        erased += [e for e in txn.stream_entries(CATALOG_STREAM)
+                   if e.event["type"] == "user_attrs" and e.event.get("user") == user]
+    for entry in erased:
+        txn.delete_entry(entry)
+    txn.delete_snapshot(user)
+    txn.delete_dead_letters(user)
+    return erased
+
 
 def _append(txn: _Txn, stream: str, event: dict, recorded_at: float) -> AppendResult:
     if txn.id_exists(stream, event["id"]):
         return AppendResult(DUPLICATE, None)
+    erased = ()
+    if event["type"] == FORGET_TYPE and stream != CATALOG_STREAM:
+        erased = tuple(_erase(txn, stream))
+        event = {**event, "forgotten": sum(1 for e in erased if e.type != FORGET_TYPE)}
     item = event.get("item")
     tags = txn.item_tags(item) if item and stream != CATALOG_STREAM else ()
     entry = StoredEvent(stream=stream, seq=txn.last_seq(stream) + 1, gseq=txn.next_gseq(),
@@ -142,7 +204,7 @@ def _append(txn: _Txn, stream: str, event: dict, recorded_at: float) -> AppendRe
         txn.put_item(event["item"], event)
     elif event["type"] == "user_attrs":
         txn.put_user_attrs(event["user"], event["attrs"])
-    return AppendResult(APPENDED, entry)
+    return AppendResult(APPENDED, entry, erased)
 
 
 def _intact(record: bytes) -> bool:
@@ -154,10 +216,38 @@ def _intact(record: bytes) -> bool:
 
 
 def _put_snapshot(txn: _Txn, stream: str, seq: int, state: bytes) -> None:
-    """Snapshots only move forward, except over one that fails its check."""
+    """Snapshots only move forward, except over one that fails its check, and never
+    reach back before an erasure (a state folded from erased entries is refused)."""
+    if seq < txn.first_seq(stream):
+        return
     current = txn.snapshot_record(stream)
     if current is None or snapshot_seq(current) < seq or not _intact(current):
         txn.put_snapshot(stream, encode_snapshot(seq, state))
+
+
+def _restore(txn: _Txn, entry: StoredEvent) -> AppendResult:
+    """Copy an entry of another store (``interest replay repartition``): its stream, seq,
+    tags and recorded_at stay as first committed (so a fold of the copy is the fold of
+    the original, erasure gaps in seq included), its event id goes into the index (a
+    re-sent id stays a duplicate), it gets the next global position. An erasure already
+    happened in the source: a restored tombstone erases nothing again. The catalog stream
+    is numbered afresh (no fold reads its seq; its copies may come from several stores)."""
+    if txn.id_exists(entry.stream, entry.event["id"]):
+        return AppendResult(DUPLICATE, None)
+    last = txn.last_seq(entry.stream)
+    seq = last + 1 if entry.stream == CATALOG_STREAM else entry.seq
+    if seq <= last:
+        raise StoreError(f"restored entry {entry.stream!r}/{seq} is not after the "
+                         f"stream's last seq {last}")
+    copy = StoredEvent(stream=entry.stream, seq=seq, gseq=txn.next_gseq(),
+                       recorded_at=entry.recorded_at, event=entry.event, tags=entry.tags)
+    txn.put_event(copy)
+    event = entry.event
+    if event["type"] == "item":
+        txn.put_item(event["item"], event)
+    elif event["type"] == "user_attrs":
+        txn.put_user_attrs(event["user"], event["attrs"])
+    return AppendResult(APPENDED, copy)
 
 
 def _dead_letter(item: tuple) -> dict:
@@ -169,6 +259,7 @@ def _dead_letter(item: tuple) -> dict:
 def _apply_batch(txn: _Txn, batch: WriteBatch) -> list[AppendResult]:
     """The commit rules shared by every store implementation."""
     results = [_append(txn, stream, event, batch.recorded_at) for stream, event in batch.events]
+    results += [_restore(txn, entry) for entry in batch.restored]
     for stream, seq, state in batch.snapshots:
         _put_snapshot(txn, stream, seq, state)
     for key, value in batch.meta:
@@ -266,21 +357,28 @@ class Store(ABC):
 
 
 class _MemoryTxn(_Txn):
+    """Staged writes, published at the end. Erased entries become None in the journal
+    lists and the log (list index = seq - 1 and gseq - 1), so positions stay as stored."""
+
     def __init__(self, store: "MemoryStore"):
         self.s = store
         self.ids: set[tuple[str, str]] = set()
+        self.unids: set[tuple[str, str]] = set()          # stored ids erased
         self.heads: dict[str, int] = {}
-        self.entries: list[tuple[str, bytes]] = []
+        self.entries: list[list] = []                     # [stream, seq, bytes or None]
         self.items: dict[str, dict] = {}
-        self.attrs: dict[str, dict] = {}
-        self.snapshots: dict[str, bytes] = {}
+        self.attrs: dict[str, dict | None] = {}           # None: erased
+        self.snapshots: dict[str, bytes | None] = {}      # None: erased
         self.meta: dict[str, bytes] = {}
         self.dead: list[dict] = []
+        self.erased: set[tuple[str, int]] = set()         # stored (stream, seq) erased
+        self.erased_gseqs: set[int] = set()
+        self.undead: set[str] = set()                     # streams whose dead letters go
         self.gseq = store._gseq
 
     def id_exists(self, stream, event_id):
         key = (stream, event_id)
-        return key in self.ids or key in self.s._ids
+        return key in self.ids or (key in self.s._ids and key not in self.unids)
 
     def last_seq(self, stream):
         return self.heads.get(stream) or len(self.s._journal.get(stream, ()))
@@ -296,7 +394,7 @@ class _MemoryTxn(_Txn):
     def put_event(self, entry):
         self.ids.add((entry.stream, entry.event["id"]))
         self.heads[entry.stream] = entry.seq
-        self.entries.append((entry.stream, entry.encode()))   # stored as bytes, like LMDB
+        self.entries.append([entry.stream, entry.seq, entry.encode()])  # bytes, like LMDB
 
     def put_item(self, item, record):
         self.items[item] = record
@@ -305,7 +403,47 @@ class _MemoryTxn(_Txn):
         self.attrs[user] = attrs
 
     def snapshot_record(self, stream):
-        return self.snapshots.get(stream) or self.s._snapshots.get(stream)
+        if stream in self.snapshots:
+            return self.snapshots[stream]
+        return self.s._snapshots.get(stream)
+
+    def stream_entries(self, stream):
+        stored = [StoredEvent.decode(data) for seq, data in
+                  enumerate(self.s._journal.get(stream, ()), 1)
+                  if data is not None and (stream, seq) not in self.erased]
+        staged = [StoredEvent.decode(row[2]) for row in self.entries
+                  if row[0] == stream and row[2] is not None]
+        return stored + staged
+
+    def first_seq(self, stream):
+        for seq, data in enumerate(self.s._journal.get(stream, ()), 1):
+            if data is not None and (stream, seq) not in self.erased:
+                return seq
+        return next((row[1] for row in self.entries if row[0] == stream and row[2] is not None),
+                    0)
+
+    def delete_entry(self, entry):
+        key = (entry.stream, entry.event["id"])
+        for row in self.entries:
+            if row[0] == entry.stream and row[1] == entry.seq and row[2] is not None:
+                row[2] = None                               # staged in this transaction
+                self.ids.discard(key)
+                return
+        self.erased.add((entry.stream, entry.seq))
+        self.erased_gseqs.add(entry.gseq)
+        self.unids.add(key)
+
+    def delete_snapshot(self, stream):
+        self.snapshots[stream] = None
+
+    def delete_user_attrs(self, user):
+        had = self.attrs[user] is not None if user in self.attrs else user in self.s._attrs
+        self.attrs[user] = None
+        return had
+
+    def delete_dead_letters(self, stream):
+        self.dead = [d for d in self.dead if _unpack(d)["stream"] != stream]
+        self.undead.add(stream)
 
     def put_snapshot(self, stream, record):
         self.snapshots[stream] = record
@@ -318,16 +456,34 @@ class _MemoryTxn(_Txn):
 
     def publish(self):
         s = self.s
+        s._ids -= self.unids
         s._ids |= self.ids
-        for stream, data in self.entries:
-            s._journal.setdefault(stream, []).append(data)
+        for stream, seq in self.erased:
+            s._journal[stream][seq - 1] = None
+        for gseq in self.erased_gseqs:
+            s._log[gseq - 1] = None
+        for stream, seq, data in self.entries:
+            journal = s._journal.setdefault(stream, [])
+            journal.extend([None] * (seq - 1 - len(journal)))   # a restored stream's gaps
+            journal.append(data)
             s._log.append(data)
         s._items.update(self.items)
-        s._attrs.update(self.attrs)
-        s._snapshots.update(self.snapshots)
+        _update(s._attrs, self.attrs)
+        _update(s._snapshots, self.snapshots)
         s._meta.update(self.meta)
+        if self.undead:
+            s._dead = [d for d in s._dead if _unpack(d)["stream"] not in self.undead]
         s._dead.extend(self.dead)
         s._gseq = self.gseq
+
+
+def _update(target: dict, changes: dict) -> None:
+    """``target.update(changes)`` where a None value deletes the key."""
+    for key, value in changes.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
 
 
 class MemoryStore(Store):
@@ -354,12 +510,12 @@ class MemoryStore(Store):
 
     def read(self, stream, after_seq=0):
         with self._lock:
-            entries = list(self._journal.get(stream, ())[after_seq:])
+            entries = [e for e in self._journal.get(stream, ())[after_seq:] if e is not None]
         return map(StoredEvent.decode, entries)
 
     def read_all(self, after_gseq=0):
         with self._lock:
-            entries = list(self._log[after_gseq:])
+            entries = [e for e in self._log[after_gseq:] if e is not None]
         return map(StoredEvent.decode, entries)
 
     def last_seq(self, stream):
@@ -506,6 +662,41 @@ class _LmdbTxn(_Txn):
             self.next_dead = int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
         self.txn.put(_u64(self.next_dead), _pack(record), db=self.s._dead)
         self.next_dead += 1
+
+    def stream_entries(self, stream):
+        prefix = stream.encode("utf-8") + b"\x00"
+        cursor = self.txn.cursor(db=self.s._journal)
+        out = []
+        if cursor.set_range(prefix):
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    break
+                out.append(StoredEvent.decode(value))
+        return out
+
+    def first_seq(self, stream):
+        prefix = stream.encode("utf-8") + b"\x00"
+        cursor = self.txn.cursor(db=self.s._journal)
+        if cursor.set_range(prefix) and cursor.key().startswith(prefix):
+            return int.from_bytes(cursor.key()[-8:], "big")
+        return 0
+
+    def delete_entry(self, entry):
+        self.txn.delete(_journal_key(entry.stream, entry.seq), db=self.s._journal)
+        self.txn.delete(id_key(entry.stream, entry.event["id"]), db=self.s._ids)
+        self.txn.delete(_u64(entry.gseq), db=self.s._log)
+
+    def delete_snapshot(self, stream):
+        self.txn.delete(_skey(stream), db=self.s._snapshots)
+
+    def delete_user_attrs(self, user):
+        return self.txn.delete(user.encode("utf-8"), db=self.s._attrs)
+
+    def delete_dead_letters(self, stream):
+        cursor = self.txn.cursor(db=self.s._dead)
+        doomed = [key for key, value in cursor if _unpack(value)["stream"] == stream]
+        for key in doomed:
+            self.txn.delete(key, db=self.s._dead)
 
     def finish(self):
         self.txn.put(b"gseq", _u64(self.gseq), db=self.s._meta)

@@ -41,6 +41,11 @@ def cache_key(model: str, task: str, version: str, input_hash: str) -> bytes:
     return key
 
 
+def _task_and_input(key: bytes) -> tuple[bytes, bytes] | None:
+    parts = key.split(_SEP)
+    return (parts[1], parts[3]) if len(parts) == 4 else None
+
+
 class ResultCache:
     """Persistent ``(model, task, version, input_hash) -> msgpack value`` map."""
 
@@ -151,6 +156,21 @@ class ResultCache:
                 raise StoreError(f"cannot grow result cache map: {exc2}") from exc2
             with self._lock:
                 self._resizes += 1
+
+    def delete_inputs(self, task: str, input_hashes: Iterable[str]) -> int:
+        """Delete every entry of ``task`` for these input hashes, whatever the model and
+        template version (a user's erasure); how many were deleted."""
+        task_b = task.encode("utf-8")
+        wanted_keys = {(task_b, h.encode("utf-8")) for h in input_hashes}
+        try:
+            with self._resize_lock, self._env.begin(write=True) as txn:
+                doomed = [key for key in txn.cursor().iternext(values=False)
+                          if _task_and_input(key) in wanted_keys]
+                for key in doomed:
+                    txn.delete(key)
+        except lmdb.Error as exc:
+            raise StoreError(f"result cache delete failed: {exc}") from exc
+        return len(doomed)
 
     # -- housekeeping --------------------------------------------------------
 

@@ -7,10 +7,14 @@ extend and a notify, nothing else. Projection threads call
 tail while it still holds them, from the store otherwise: a projection that
 falls far behind, or restarts from its durable position, reads LMDB) and
 ``wait(after, timeout)`` to sleep until the head moves past a position.
+
+Positions have gaps where a user's erasure (`forget`) removed entries, in the
+store and, through ``erase``, in the tail; readers skip them.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import threading
 import time
@@ -25,7 +29,7 @@ class CommittedLog:
         self.tail_entries = max(1000, tail_entries)
         self._cond = threading.Condition()
         self.head = store.head()
-        self._tail: list[StoredEvent] = []     # contiguous positions ending at head
+        self._tail: list[StoredEvent] = []     # ascending positions ending at head
         self._closed = False
 
     def append(self, entries: list[StoredEvent]) -> None:
@@ -42,7 +46,7 @@ class CommittedLog:
         with self._cond:
             tail = self._tail
             if tail and tail[0].gseq <= after + 1:
-                start = after + 1 - tail[0].gseq
+                start = bisect.bisect_right(tail, after, key=_position)
                 return tail[start:start + limit]
         return list(itertools.islice(self.store.read_all(after_gseq=after), limit))
 
@@ -60,8 +64,15 @@ class CommittedLog:
         with self._cond:
             tail = self._tail
             if tail and tail[0].gseq <= position <= tail[-1].gseq:
-                return tail[position - tail[0].gseq].recorded_at
+                entry = tail[bisect.bisect_left(tail, position, key=_position)]
+                return entry.recorded_at if entry.gseq == position else None
         return None
+
+    def erase(self, positions: set[int]) -> None:
+        """Drop the entries at ``positions`` from the tail (the store has erased them)."""
+        if positions:
+            with self._cond:
+                self._tail = [e for e in self._tail if e.gseq not in positions]
 
     def lag(self, position: int) -> dict:
         """How far ``position`` is behind the head: events and seconds."""
@@ -78,3 +89,7 @@ class CommittedLog:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+def _position(entry: StoredEvent) -> int:
+    return entry.gseq

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from interest.engine.journal.codec import StoredEvent
-from interest.engine.journal.events import PROFILE_TYPE
+from interest.engine.journal.events import FORGET_TYPE, PROFILE_TYPE
 
 STATE_VERSION = 1
 
@@ -77,6 +77,9 @@ class InterestState:
         if event["type"] == PROFILE_TYPE:
             self._apply_profile(entry)
             return
+        if event["type"] == FORGET_TYPE:
+            self._forget()
+            return
         ts = float(event["ts"])
         self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
         self.events += 1
@@ -119,6 +122,12 @@ class InterestState:
         cell[0] = decay(cell[0], dt, params.short_half_life_s) + weight
         cell[1] = decay(cell[1], dt, params.long_half_life_s) + weight
         cell[2] = max(cell[2], ts)
+
+    def _forget(self) -> None:
+        """An erasure's tombstone: everything folded before it is gone (version stays)."""
+        version = self.version
+        self.__init__(user=self.user)
+        self.version = version
 
     def _apply_profile(self, entry: StoredEvent) -> None:
         event = entry.event

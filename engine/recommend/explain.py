@@ -12,11 +12,16 @@ weights (up to float rounding).
 behaviour event), the model profiles over time, and for an item its
 per-source score, a short reason and a counterfactual: the item's rank when
 the user's strongest contributing event is left out of the user's state.
+
+Every map in the reply that names an ``item`` has the item's catalog
+``title`` beside it (None for an item the catalog does not know), and every
+event row of a ``rate`` has its ``value`` (the rating), so that a reader
+never has to look an id up.
 """
 
 from __future__ import annotations
 
-from interest.engine.journal.events import PROFILE_TYPE
+from interest.engine.journal.events import DERIVED_TYPES, FORGET_TYPE, PROFILE_TYPE
 from interest.engine.recommend.reasons import reason
 from interest.engine.projections.state import InterestState, decay, replay
 
@@ -31,7 +36,7 @@ def _walk(state: InterestState, entries, params):
         if entry.seq > state.version:
             break
         event = entry.event
-        if event["type"] != PROFILE_TYPE and entry.seq > replayed.version:
+        if event["type"] not in DERIVED_TYPES and entry.seq > replayed.version:
             weight = replayed.event_weight(event, params)
             ts = float(event["ts"])
             eff = {}
@@ -58,7 +63,8 @@ def tag_contributions(state: InterestState, entries, params) -> dict[str, list[d
             dt = (as_of if as_of is not None else eff[tag]) - eff[tag]
             out.setdefault(tag, []).append({
                 "id": event["id"], "seq": entry.seq, "type": event["type"],
-                "item": event.get("item"), "ts": event["ts"], "weight": weight,
+                "item": event.get("item"), "value": event.get("value"), "ts": event["ts"],
+                "weight": weight,
                 "short": n * decay(weight, dt, params.short_half_life_s),
                 "long": n * decay(weight, dt, params.long_half_life_s),
             })
@@ -75,9 +81,12 @@ def timeline(state: InterestState, entries, params) -> tuple[list[dict], list[di
                              "summary": event.get("summary") or "",
                              "model": event.get("model") or "",
                              "tags": list(event.get("tags") or ())})
+        elif event["type"] == FORGET_TYPE:
+            profiles.clear()        # nothing before an erasure is left (see the journal)
         else:
             events.append({"id": event["id"], "seq": entry.seq, "type": event["type"],
-                           "item": event.get("item"), "query": event.get("query"),
+                           "item": event.get("item"), "value": event.get("value"),
+                           "query": event.get("query"),
                            "ts": float(event["ts"]), "weight": weight,
                            "tags": list(entry.tags)})
     return events, profiles
@@ -102,7 +111,27 @@ def explain_user(state: InterestState, env, item: str | None = None, max_tags: i
     reply["recommendations"] = recommendations(state, env)
     if item is not None:
         reply["item"] = explain_item(state, env, item, entries, contributions)
-    return reply
+    return with_titles(reply, snapshot_of(env.recommender).catalog)
+
+
+def with_titles(obj, catalog):
+    """``obj`` with ``title`` put right after ``item`` in every map that names one."""
+    if isinstance(obj, list):
+        return [with_titles(v, catalog) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for key, value in obj.items():
+        out[key] = with_titles(value, catalog)
+        if key == "item" and isinstance(value, str) and "title" not in obj:
+            out["title"] = title_of(catalog, value)
+    return out
+
+
+def title_of(catalog, item: str) -> str | None:
+    """The item's catalog title, None when the catalog does not know it (or has none)."""
+    record = catalog.get(item) if catalog is not None else None
+    return (record.get("title") or None) if record else None
 
 
 def recommendations(state: InterestState, env, k: int = 10) -> dict:
@@ -115,9 +144,9 @@ def recommendations(state: InterestState, env, k: int = 10) -> dict:
     on the calling thread, without locks.
     """
     models = snapshot_of(env.recommender)
-    reply = models.recommend(state, k=k, remember=False)
+    reply = models.recommend(state, k=k)
     for row in reply["items"]:
-        row["reason"] = reason(row, models.catalog, state)
+        row["reason"] = reason(row, models.catalog, state, models=models)
     return {"items": reply["items"], "strategy": reply["strategy"], "weights": reply["weights"]}
 
 
@@ -162,12 +191,13 @@ def strongest_event(state: InterestState, env, item: str, entries,
                 and entry.event.get("item") is not None:
             return _event_row({"id": entry.event["id"], "seq": entry.seq,
                                "type": entry.event["type"], "item": entry.event.get("item"),
+                               "value": entry.event.get("value"),
                                "ts": entry.event["ts"]}), "latest"
     return None, "none"
 
 
 def _event_row(row: dict) -> dict:
-    return {k: row[k] for k in ("id", "seq", "type", "item", "ts")}
+    return {k: row.get(k) for k in ("id", "seq", "type", "item", "value", "ts")}
 
 
 def counterfactual(state: InterestState, env, item: str, entries,
@@ -185,7 +215,9 @@ def counterfactual(state: InterestState, env, item: str, entries,
     models = snapshot_of(env.recommender)
     rank = models.explain(state, item)["rank"]
     rank_without = models.explain(without, item)["rank"]
-    return {"removed_event": removed, "basis": basis, "rank": rank,
+    event_tags = next((e.tags for e in entries if e.seq == removed["seq"]), ())
+    shared = [tag for tag in models.catalog.tags_of(item) if tag in event_tags]
+    return {"removed_event": removed, "basis": basis, "shared_tags": shared, "rank": rank,
             "rank_without": rank_without}
 
 
@@ -197,7 +229,7 @@ def explain_item(state: InterestState, env, item: str, entries=None,
     out = models.explain(state, item)
     out["content_tags"] = content_tag_split(state, models, item,
                                             out["sources"].get("content", 0.0))
-    out["reason"] = reason(out, models.catalog, state)
+    out["reason"] = reason(out, models.catalog, state, models=models)
     if entries is None:
         entries = list(env.store.read(state.user)) if state.version else []
     out["counterfactual"] = counterfactual(state, env, item, entries, contributions)

@@ -73,7 +73,15 @@ class Explain(UserRequest):
     op = "explain"
 
 
-OPS = {cls.op: cls for cls in (Ping, Stats, Ingest, Flush, Interests, Recommend, Explain)}
+@dataclass(frozen=True, slots=True)
+class Forget(UserRequest):
+    """Erase the user's data (PROTOCOL.md, `forget`)."""
+
+    op = "forget"
+
+
+OPS = {cls.op: cls for cls in (Ping, Stats, Ingest, Flush, Interests, Recommend, Explain,
+                               Forget)}
 
 
 def op_name(obj: dict) -> str:
@@ -100,6 +108,10 @@ def parse_request(obj: Any, limits: dict, default_k: int = 10) -> Request:
         return Flush(rid=rid, timeout_ms=_positive(obj, "timeout_ms"))
     user = _user(obj, limits)
     deadline = _positive(obj, "deadline_ms")
+    if cls is Forget:
+        if "\x00" in user:          # no stored stream has one (events refuse it)
+            raise BadRequest("field 'user' must not contain NUL characters")
+        return Forget(rid=rid, user=user, deadline_ms=deadline)
     if cls is Interests:
         return Interests(rid=rid, user=user, deadline_ms=deadline, fresh=_bool(obj, "fresh", False))
     if cls is Recommend:
