@@ -223,17 +223,27 @@ def run(args) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    from interest.tools.options import HelpFormatter  # noqa: PLC0415
     parser = argparse.ArgumentParser(prog="interest bench ingest", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=300_000)
-    parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--items", type=int, default=5_000)
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--events", type=int, default=300_000, help="events published")
+    parser.add_argument("--users", type=int, default=100_000, help="distinct users")
+    parser.add_argument("--items", type=int, default=5_000, help="distinct items")
     parser.add_argument("--batch", type=int, default=100, help="events per message")
-    parser.add_argument("--probes", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--probes", type=int, default=200,
+                        help="read-your-writes latency probes (acknowledged ingest)")
+    parser.add_argument("--workers", type=int, default=2, help="actor runtime threads")
     parser.add_argument("--max-live", type=int, default=50_000,
                         help="live actor cap (passivation beyond it)")
-    parser.add_argument("--config")
+    parser.add_argument("--config", help="service config overlaid on configs/default.toml")
+    parser.add_argument("--partitions", help="comma-separated partition counts, e.g. 1,2,4: "
+                        "the same workload against `interest serve --partitions P` processes, "
+                        "events/s and events per CPU-second each (tools/bench_partitions.py)")
     args = parser.parse_args(argv)
+    if args.partitions:
+        from interest.tools import bench_partitions  # noqa: PLC0415
+        counts = [int(p) for p in args.partitions.split(",") if p.strip()]
+        print(json.dumps(bench_partitions.run(args, counts)))
+        return 0
     print(json.dumps(run(args)))
     return 0

@@ -17,6 +17,9 @@ import zmq
 
 from interest.engine.config import load_config
 from interest.engine.errors import ConfigError, InterestError
+from interest.engine.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
+from interest.tools import serve_partitions
+from interest.tools.options import address
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,13 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-config", action="store_true",
                         help="check the config (defaults + --config) and exit: 0 OK, 2 bad")
     parser.add_argument("--data", help="data directory (LMDB); default [service] data_dir")
-    parser.add_argument("--ingest", help="ingest PULL address, e.g. tcp://127.0.0.1:7100")
-    parser.add_argument("--api", help="api ROUTER address, e.g. tcp://127.0.0.1:7101")
+    parser.add_argument("--ingest", type=address, help="ingest PULL address, e.g. "
+                        "tcp://127.0.0.1:7100 (HOST:PORT means tcp://); default [service] ingest")
+    parser.add_argument("--api", type=address, help="api ROUTER address, e.g. "
+                        "tcp://127.0.0.1:7101 (HOST:PORT means tcp://); default [service] api")
     parser.add_argument("--http", help="HTTP side port HOST:PORT, e.g. 127.0.0.1:7102 "
                                        "(metrics, probes, dashboard, JSON api); default [http] "
                                        "address, \"\" = off")
-    parser.add_argument("--log-level", default="INFO", type=str.upper,
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="least severe log level written (default %(default)s)")
+    parser.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                        help="text lines, or one JSON object a line (default %(default)s)")
+    serve_partitions.add_options(parser)
     return parser
 
 
@@ -69,17 +77,22 @@ def start(config: dict, data_dir, args, on_fatal=None):
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, **({"projections": {"learner": args.learner}}
+                                             if args.learner else {}))
     except ConfigError as exc:
         print(f"interest serve: bad config: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
         print("config OK")
         return 0
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, args.log_format)
     log = logging.getLogger("interest.serve")
     data_dir = args.data or config["service"]["data_dir"]
+    try:
+        data_dir, partitions = serve_partitions.plan(args, config, data_dir)
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     stop = threading.Event()
     failed: list[BaseException] = []
 
@@ -92,22 +105,45 @@ def main(argv: list[str]) -> int:
     # lock the interrupted Event.wait() holds; the main loop below polls the record
     signal.signal(signal.SIGTERM, lambda signum, _frame: signalled.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _frame: signalled.append(signum))
+    if partitions > 1:
+        return serve_partitions.run_cluster(config, data_dir, partitions, args, signalled,
+                                            failed, stop)
     try:
         _inference, server = start(config, data_dir, args, on_fatal)
     except (InterestError, RuntimeError, OSError, zmq.ZMQError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    print(f"interest: serving ingest={server.ingest} api={server.api} data={data_dir}",
-          flush=True)
-    if server.http is not None:
-        print(f"interest: http on {server.http.url} (/metrics /healthz /readyz /dashboard /v1)",
-              flush=True)
+    log_started(log, server, data_dir, config, args.config)
     while not signalled and not stop.wait(0.2):
         pass
-    log.info("stopping" if not failed else "stopping after a fatal error: %s", *failed[:1])
+    if failed:
+        log.error("stopping after a fatal error: %s", failed[0])
     try:
         server.stop()
-    except InterestError as exc:
-        log.error("unclean stop: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - one line and exit 1, never a traceback
+        log.error("unclean stop: %s", exc if isinstance(exc, InterestError)
+                  else f"{type(exc).__name__}: {exc}",
+                  extra={"event": "stopped", "exit_code": 1})
         return 1
-    return 70 if failed else 0
+    code = 70 if failed else 0
+    log.info("stopped (exit %d)", code, extra={"event": "stopped", "exit_code": code})
+    return code
+
+
+def log_started(log, server, data_dir, config: dict, config_file) -> None:
+    """The one start-up line: addresses, data directory, model, config file."""
+    fields = {"ingest": server.ingest, "api": server.api,
+              "http": server.http.url if server.http is not None else None,
+              "data": str(data_dir), "model": describe_model(config),
+              "config": config_file or "defaults (configs/default.toml)"}
+    log.info("serving " + " ".join(f"{k}={v}" for k, v in fields.items()),
+             extra={"event": "started", **fields})
+
+
+def describe_model(config: dict) -> str:
+    inference = config["inference"]
+    if not inference.get("enabled", True):
+        return "none (inference disabled)"
+    if inference.get("backend") == "openai":
+        return f"openai {inference.get('url')} {inference.get('model') or '(first listed)'}"
+    return config["model"].get("path") or "bundled SmolLM2-135M-Instruct"
