@@ -44,8 +44,9 @@ def test_the_process_learns_and_the_service_serves_its_snapshots(config, tmp_pat
         client.call("ingest", events=[event("new", user="fresh", item="m0", ts=500.0)])
         learned(client)
         rec = client.call("recommend", user="fresh", k=2)
-        assert rec["items"][0]["item"] == "m1"                  # what follows m0
-        assert rec["items"][0]["sources"]["sequential"] > 0
+        top = {row["item"]: row for row in rec["items"]}   # m1, m2: what follows m0
+        assert set(top) == {"m1", "m2"}
+        assert top["m1"]["sources"]["sequential"] > top["m2"]["sources"]["sequential"] > 0
         client.close()
 
 
@@ -102,7 +103,7 @@ def test_snapshots_cross_over_sharing_the_arrays_already_sent():
         models = rec.learner.publish()
         data, new, live = shipper.pack(detach(models))
         got = receiver.unpack(data, new, live)
-        got.catalog, got.fusion, got.served = models.catalog, models.fusion, None
+        got.catalog, got.fusion = models.catalog, models.fusion
         return models, got, new
     for entry in entries[:12]:
         rec.learner.observe(entry)
@@ -113,5 +114,5 @@ def test_snapshots_cross_over_sharing_the_arrays_already_sent():
     assert set(receiver.arrays) == set(shipper.sent[k][0] for k in shipper.sent)
     state = replay("u4", [e for e in entries[:13] if e.stream == "u4"], params)
     for original, copy in ((first, got), (second, got2)):
-        want = original.recommend(state, k=5, remember=False)
-        assert copy.recommend(state, k=5, remember=False) == want
+        want = original.recommend(state, k=5)
+        assert copy.recommend(state, k=5) == want

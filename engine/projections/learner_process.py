@@ -10,7 +10,7 @@ in its own process; LMDB serves many reader processes beside one writer"):
   catalog, learns, checkpoints the models (its durable position) and, at most
   every ``publish_ms`` and never more than a fifth of its time, sends a
   snapshot: the immutable ``Models`` (numpy arrays; the live references, the
-  catalog, the fusion weights and the served-list sink, are left out) plus the
+  catalog and the fusion weights, are left out) plus the
   fusion weights that changed since the last one.
 * The parent (``LearnerProcess``, on the service's side) swaps the snapshot in
   as ``models`` (re-attached to its own catalog, fusion object and sink), moves
@@ -38,14 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from interest.engine.journal.codec import CATALOG_STREAM
-from interest.engine.journal.events import PROFILE_TYPE
+from interest.engine.journal.events import FORGET_TYPE, PROFILE_TYPE
 from interest.engine.projections.log import CommittedLog
 from interest.engine.projections.runner import DeadLetters, Positioned
 from interest.engine.recommend.scorers import Rows
 
 logger = logging.getLogger(__name__)
 
-#: the served-list and item-vector batches the parent sends at most this often
+#: the item-vector batches the parent sends at most this often
 SEND_S = 0.05
 
 
@@ -53,7 +53,7 @@ def detach(models):
     """A copy of ``models`` for the service: without its live references (they do not
     cross processes), and with each neighbour table packed into three arrays."""
     out = copy.copy(models)
-    out.fusion = out.catalog = out.served = None
+    out.fusion = out.catalog = None
     out.scorers = tuple(_packed(scorer) for scorer in models.scorers)
     return out
 
@@ -105,6 +105,18 @@ def fusion_delta(fusion, users) -> dict:
         return {"segments": {s: dict(w) for s, w in fusion.segments.items()},
                 "updates": dict(fusion.updates),
                 "users": {u: dict(fusion.users[u]) for u in users if u in fusion.users}}
+
+
+def track_fusion(fusion, changed: set) -> None:
+    """Wrap ``fusion.credit`` so that every user it credits lands in ``changed`` (what
+    ``fusion_delta`` ships with the next snapshot)."""
+    credit = fusion.credit
+
+    def tracked(user, segment, rewards):
+        credit(user, segment, rewards)
+        if user is not None:
+            changed.add(user)
+    fusion.credit = tracked
 
 
 def apply_fusion_delta(fusion, delta: dict) -> None:
@@ -239,14 +251,10 @@ class LearnerProcess(Positioned):
             self._conn, self._proc = conn, proc
 
     def _attach(self, models):
-        models.catalog, models.fusion, models.served = self.catalog, self.fusion, self._served
+        models.catalog, models.fusion = self.catalog, self.fusion
         return models
 
     # ------------------------------------------------ what the service calls
-
-    def _served(self, *args) -> None:
-        """Read path: remember what was served (sent to the child in batches)."""
-        self._outbox.append(("served", args))      # list.append is atomic
 
     def set_item_vector(self, item: str, vector) -> None:
         self._outbox.append(("vector", (item, vector)))
@@ -385,7 +393,7 @@ class _Child:
         self.checkpoint_s = rec_cfg["checkpoint_seconds"]
         self.changed_users: set = set()
         self.shipper = Shipper()
-        self._track_fusion()
+        track_fusion(self.rec.fusion, self.changed_users)
         self.publish_ms = 0.0
 
     def _load(self, fresh):
@@ -397,23 +405,15 @@ class _Child:
             return fresh()
         return fresh() if rec.gseq > self.store.head() else rec
 
-    def _track_fusion(self) -> None:
-        fusion = self.rec.fusion
-        credit = fusion.credit
-
-        def tracked(user, segment, rewards):
-            credit(user, segment, rewards)
-            if user is not None:
-                self.changed_users.add(user)
-        fusion.credit = tracked
-
     def run(self) -> None:
         published_at = saved_at = time.monotonic()
         learned = 0
         while True:
             if not self._inbox():
                 break
-            entries = list(itertools.islice(self.store.read_all(after_gseq=self.position), 2000))
+            # chunk = what is used: read_all decodes a whole chunk before yielding any of it
+            entries = list(itertools.islice(
+                self.store.read_all(after_gseq=self.position, chunk=2000), 2000))
             for entry in entries:
                 self._learn(entry)
             if entries:
@@ -444,9 +444,7 @@ class _Child:
             if kind == "stop":
                 return False
             for what, args in payload:
-                if what == "served":
-                    self.rec.learner.served(*args)
-                elif what == "vector":
+                if what == "vector":
                     self.rec.learner.set_item_vector(*args)
         return True
 
@@ -459,6 +457,9 @@ class _Child:
                         self.catalog.put_item(event["item"], event)
                     elif event["type"] == "user_attrs":
                         self.catalog.put_user_attrs(event["user"], event["attrs"])
+            elif entry.event["type"] == FORGET_TYPE:
+                self.catalog.attrs.pop(entry.stream, None)
+                self.rec.learner.observe(entry)
             elif entry.event["type"] != PROFILE_TYPE:
                 self.rec.learner.observe(entry)
         except Exception as exc:  # noqa: BLE001 - dead-lettered by the parent
