@@ -37,6 +37,7 @@ import numpy as np
 from interest.actors.inference import Inference, ProfileRequest, ProfileResult, deadline_in
 from interest.engine.llm import prompts
 from interest.engine.config import load_config
+from interest.tools import bench_remote
 
 VOCAB = (
     "action", "adventure", "animation", "children", "comedy", "crime", "documentary", "drama",
@@ -224,6 +225,9 @@ def measure_throughput_and_cache(ctx: Context) -> dict[str, Any]:
 
 def measure_raw(ctx: Context) -> dict[str, Any]:
     """The same prompts in a bare llama.cpp loop (no actor, no embedding, no cache)."""
+    if ctx.config["inference"]["backend"] == "openai":  # a bare loop of HTTP completions
+        warmup = user_inputs("warmup", ctx.args.seed)
+        return bench_remote.measure_raw_remote(ctx, _throughput_requests(ctx), VOCAB, warmup)
     import llama_cpp
 
     from interest.engine.llm.model_files import resolve_model_paths
@@ -266,7 +270,7 @@ def measure_calls_per_event(ctx: Context) -> dict[str, Any]:
     except FileNotFoundError as exc:
         ctx.notes["calls_per_event"] = f"skipped: {exc}"
         return {"calls_per_event": None}
-    config = load_config(ctx.args.config, store={"sync": False})
+    config = load_config(ctx.args.config, store={"sync": False}, inference=ctx.config["inference"])
     inference = Inference.start(config, os.path.join(ctx.tmp, "calls-cache"))
     service = Service(config, os.path.join(ctx.tmp, "calls-data"), inference=inference)
     try:
@@ -308,8 +312,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--background-depth", type=int, default=6, help="background refreshes kept queued")
     p.add_argument("--online-gap-s", type=float, default=0.3, help="pause between online requests")
     p.add_argument("--throughput", type=int, default=8, help="requests in the throughput / cache run")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="seed of the synthetic users (default 7)")
     p.add_argument("--notes", action="store_true", help="add a 'notes' object with extra facts")
+    bench_remote.add_arguments(p)  # --backend openai [--url URL] [--embed-url URL]
     p.add_argument("--movielens", default=None, help="MovieLens-100K folder for calls_per_event "
                    "(default ../shared/data/ml-100k)")
     p.add_argument("--replay-events", type=int, default=0,
@@ -321,7 +326,8 @@ def run(argv: list[str], measurements: list[Callable[[Context], dict[str, Any]]]
     args = parse_args(argv)
     config = load_config(args.config)
     result: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp, \
+            bench_remote.inference_tier(args, config) as config:
         ctx = Context(config, args, tmp)
         t0 = time.perf_counter()
         for m in measurements or MEASUREMENTS:
