@@ -18,9 +18,10 @@ inbox is a priority queue (``PriorityInbox``, installed through pykka's
 * pending profile refreshes of the same user coalesce into one (latest inputs
   win, highest class and earliest deadline of the merged requests, every
   caller gets the one result);
-* a running generation polls the inbox once per token and yields (is
-  pre-empted and re-queued at the head of its class, not lost) when a request
-  of a higher effective class is waiting.
+* a running generation polls the inbox once per token, and once per
+  ``prefill_chunk`` prompt tokens while the prompt is evaluated, and yields
+  (is pre-empted and re-queued at the head of its class, not lost) when a
+  request of a higher effective class is waiting.
 
 pykka's own control messages (stop, proxy calls) bypass the classes and are
 served first. Results are answered through each request's ``on_done``
@@ -56,6 +57,7 @@ from interest.engine.errors import (
     ValidationError,
 )
 from interest.engine.llm.model_files import resolve_model_paths
+from interest.engine.llm.openai_backend import OpenAIBackend
 from interest.engine.llm.result_cache import ResultCache
 
 __all__ = [
@@ -227,7 +229,9 @@ class InferenceActor(pykka.ThreadingActor):
                 prompt,
                 max_tokens=self.max_tokens,
                 schema=prompts.PROFILE_SCHEMA,
-                stop_check=lambda: self._should_yield(job),
+                # nothing outranks an online job: no polling, so the backend evaluates
+                # its prompt in one piece (chunks cost extra thread syncs on a busy CPU)
+                stop_check=None if job.eff_rank == 0 else (lambda: self._should_yield(job)),
             )
         except Preempted as p:
             self.stats.add(tokens_wasted=p.tokens_done, generation_s=p.seconds)
@@ -462,7 +466,9 @@ class Inference:
             if required:
                 raise ModelUnavailable("[model] required = true but [inference] enabled = false")
             return cls(available=False, reason="inference disabled by config ([inference] enabled = false)")
-        if backend is None:
+        if backend is None and icfg.get("backend") == "openai":  # a remote server ([inference] url)
+            factory: Callable[[], Backend] = lambda: OpenAIBackend.from_config(config)  # noqa: E731
+        elif backend is None:
             try:
                 resolve_model_paths(mcfg)  # fast check before starting a thread
             except ModelUnavailable as exc:
@@ -470,7 +476,7 @@ class Inference:
                     raise
                 logger.warning("running without a language model: %s", exc)
                 return cls(available=False, reason=str(exc))
-            factory: Callable[[], Backend] = lambda: LlamaBackend.from_config(config)  # noqa: E731
+            factory = lambda: LlamaBackend.from_config(config)  # noqa: E731
         else:
             factory = lambda: backend  # noqa: E731
         cache = None
@@ -602,7 +608,17 @@ class Inference:
             raise box[0]
         return [box[0][k] for k in keys]
 
+    def forget_results(self, input_hashes: Sequence[str]) -> int:
+        """Erase the cached profile results for these inputs (a user's erasure)."""
+        if self._cache is None:
+            return 0
+        return self._cache.delete_inputs(prompts.TASK_PROFILE, input_hashes)
+
     # -- introspection and shutdown ------------------------------------------------
+
+    def queue_depth(self) -> int:
+        """Requests waiting for the model (all classes), without asking the actor."""
+        return sum(self._inbox.depth().values()) if self._inbox is not None else 0
 
     def stats(self) -> dict[str, Any]:
         """Counters: cache hit rates, queue depth per class, in-flight, tokens/s,

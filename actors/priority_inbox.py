@@ -32,7 +32,10 @@ class PriorityInbox:
     Jobs sit in one FIFO deque per class; an entry is ``[envelope, alive]`` so
     merged or expired jobs are removed lazily. ``get`` serves control messages
     first, then the class head with the best *effective* rank (its class
-    minus one per ``ageing_s`` waited; ties go to the older request). With
+    minus one per ``ageing_s`` waited; ties go to the higher class of its own,
+    then to the older request: an aged background job waits behind real
+    interactive work one ageing step longer, and never ahead of an online
+    request). With
     ``fifo=True`` it is a plain arrival-order queue (no classes, coalescing or
     pre-emption): the baseline for the benchmark.
     """
@@ -235,13 +238,13 @@ class PriorityInbox:
 
     def _pop_best(self, now: float) -> list | None:
         best_i = -1
-        best_key: tuple[int, int] | None = None
+        best_key: tuple[int, int, int] | None = None
         for i, cls in enumerate(self._classes):
             head = self._head(cls)
             if head is None:
                 continue
             job = head[0].message
-            key = (self._effective(job, now), job.seq)
+            key = (self._effective(job, now), job.rank, job.seq)
             if best_key is None or key < best_key:
                 best_i, best_key = i, key
         if best_key is None:

@@ -6,7 +6,8 @@
   ``position/users`` in the store's meta (a restart re-delivers what came
   after it; actors skip entries they already hold, so delivery is idempotent).
 * ``CatalogProjection`` (required too): folds ``item`` and ``user_attrs``
-  entries into the in-memory ``Catalog`` that readers share. Its durable state is the
+  entries into the in-memory ``Catalog`` that readers share, and drops a user's
+  attributes at the user's `forget` tombstone. Its durable state is the
   materialised catalog the writer keeps in the same transaction as the log,
   so it starts from the head it loaded at.
 * ``ProfileProjection``: counts each user's behaviour entries since the
@@ -27,8 +28,8 @@ from typing import Callable
 
 from interest.actors.messages import Apply
 from interest.engine.journal.codec import CATALOG_STREAM
-from interest.engine.journal.events import PROFILE_TYPE
-from interest.engine.journal.store import Store
+from interest.engine.journal.events import FORGET_TYPE, PROFILE_TYPE
+from interest.engine.journal.store import Store, position_key
 from interest.engine.journal.writer import WriteJob, Writer
 from interest.engine.projections.catalog import Catalog
 from interest.engine.projections.runner import DeadLetters, Projection
@@ -112,6 +113,8 @@ class CatalogProjection(Projection):
         changed = []
         for entry in entries:
             if entry.stream != CATALOG_STREAM:
+                if entry.event["type"] == FORGET_TYPE:
+                    self.catalog.attrs.pop(entry.stream, None)
                 continue
             try:
                 self._put(entry.event, changed)
@@ -158,7 +161,11 @@ class ProfileProjection(Projection):
         self.armed_total = 0
 
     def start_position(self) -> int:
-        return load_position(self.store, self.name)
+        # a saved 0 (the oldest pending refresh starts at the first entry) is a position
+        # too, not "none saved": only a store that never saved one starts at its head
+        if self.store.meta(position_key(self.name)) is None:
+            return self.store.head()
+        return self.store.position(self.name)
 
     def handle(self, entries, done) -> None:
         for entry in entries:
@@ -172,7 +179,7 @@ class ProfileProjection(Projection):
 
     def _count(self, entry) -> None:
         user = entry.stream
-        if entry.event["type"] == PROFILE_TYPE:
+        if entry.event["type"] in (PROFILE_TYPE, FORGET_TYPE):
             self.pending.pop(user, None)
             return
         slot = self.pending.get(user)
@@ -183,10 +190,13 @@ class ProfileProjection(Projection):
         else:
             self.pending.move_to_end(user)
         slot[1] += 1
-        if slot[1] >= self.min_events and not slot[2]:
-            slot[2] = time.monotonic()
-            self.armed_total += 1
-            self.scheduler.arm(user)
+        if slot[1] >= self.min_events:
+            if not slot[2]:
+                slot[2] = time.monotonic()
+                self.armed_total += 1
+            # every event past the threshold: the scheduler orders users by their newest
+            # event and retries a refresh that failed
+            self.scheduler.arm(user, entry.event.get("ts"), entry.seq)
 
     def save_position(self, position: int) -> None:
         now = time.monotonic()

@@ -133,12 +133,16 @@ def test_inbox_ageing_promotes_waiting_background():
     inbox.put(Envelope(online))
     # Fresh: online first.
     assert inbox.best_waiting_rank() == 0
-    # Pretend the background job has waited 25 s: two classes up -> online,
-    # and older than the online request, so it goes first.
+    # Pretend the background job has waited 25 s: two classes up -> online; a tie
+    # with a real online request goes to the online one, then the aged job runs
+    # ahead of fresh interactive work.
     old_bg.enqueued_at -= 25.0
+    inter = _job(1, "inter")
+    inbox.put(Envelope(inter))
+    assert inbox.get().message is online
     first = inbox.get().message
     assert first is old_bg and first.eff_rank == 0
-    assert inbox.get().message is online
+    assert inbox.get().message is inter
     assert inbox.empty()
 
 
@@ -148,9 +152,15 @@ def test_inbox_ageing_one_class_per_period():
     inbox.put(Envelope(bg))
     inter = _job(1, "inter")
     inbox.put(Envelope(inter))
-    bg.enqueued_at -= 12.0  # one period: background -> interactive; older wins the tie
-    assert inbox.get().message is bg
+    bg.enqueued_at -= 12.0  # one period: background -> interactive; the real one wins the tie
+    assert inbox.best_waiting_rank() == 1
     assert inbox.get().message is inter
+    assert inbox.get().message is bg
+    other_bg, later = _job(2, "other-bg"), _job(1, "later")
+    inbox.put(Envelope(other_bg))
+    inbox.put(Envelope(later))
+    other_bg.enqueued_at -= 21.0  # two periods: ahead of interactive work
+    assert inbox.get().message is other_bg
 
 
 def test_ageing_end_to_end(started):
@@ -160,10 +170,10 @@ def test_ageing_end_to_end(started):
     futs = [block(inf, gate, order)]
     futs.append(submit(inf, "bg-old", "background", order))
     time.sleep(0.5)  # > 2 ageing periods: now counts as online
-    futs.append(submit(inf, "online-new", "online", order))
+    futs.append(submit(inf, "interactive-new", "interactive", order))
     gate.release.set()
     pykka.get_all(futs, timeout=TIMEOUT)
-    assert order == ["BLOCKER", "bg-old", "online-new"]
+    assert order == ["BLOCKER", "bg-old", "interactive-new"]
 
 
 def test_expired_requests_are_dropped_with_deadline_exceeded(started):

@@ -81,7 +81,9 @@ def test_embeddings_dimension_and_similarity(inference):
 
 @pytest.mark.timeout(60)
 def test_llama_backend_stop_check_and_gpu_warning(caplog):
-    cfg = load_config(model={"n_gpu_layers": -1}, inference={"prompt_cache_mb": 0})
+    # one prompt chunk: stop_check is polled once before the prompt, then once per token
+    cfg = load_config(model={"n_gpu_layers": -1},
+                      inference={"prompt_cache_mb": 0, "prefill_chunk": 2048})
     with caplog.at_level(logging.WARNING, logger="interest.engine.llm.backends"):
         backend = LlamaBackend.from_config(cfg)
     try:
@@ -92,7 +94,7 @@ def test_llama_backend_stop_check_and_gpu_warning(caplog):
 
         def stop_after_three() -> bool:
             polls.append(1)
-            return len(polls) > 3
+            return len(polls) > 4
 
         with pytest.raises(Preempted) as info:
             backend.complete(prompt, max_tokens=64, schema=prompts.PROFILE_SCHEMA, stop_check=stop_after_three)
@@ -100,6 +102,34 @@ def test_llama_backend_stop_check_and_gpu_warning(caplog):
         done = backend.complete(prompt, max_tokens=64, schema=prompts.PROFILE_SCHEMA, stop_check=lambda: False)
         assert done.completion_tokens > 3
         json.loads(done.text) if done.finish_reason == "stop" else prompts.parse_profile(done.text)
+    finally:
+        backend.close()
+
+
+@pytest.mark.timeout(90)
+def test_prompt_evaluation_is_preemptible_in_chunks_and_resumes_exactly():
+    """stop_check is polled between chunks of the prompt's evaluation: a request can yield
+    before its first token, and the prompt evaluated afterwards (reusing what is left in
+    the KV cache) gives the same text as an uninterrupted run."""
+    backend = LlamaBackend.from_config(load_config(inference={"prompt_cache_mb": 0,
+                                                              "prefill_chunk": 8}))
+    other = prompts.profile_prompt(SCIFI_FAN[:2], ["robots"], VOCAB)
+    prompt = prompts.profile_prompt(SCIFI_FAN, ["space movies"], VOCAB)
+    kw = {"max_tokens": 48, "schema": prompts.PROFILE_SCHEMA}
+    try:
+        backend.complete(other, stop_check=lambda: False, **kw)
+        reference = backend.complete(prompt, stop_check=lambda: False, **kw).text
+        backend.complete(other, stop_check=lambda: False, **kw)
+        polls = []
+
+        def stop_at_third_chunk() -> bool:
+            polls.append(1)
+            return len(polls) >= 3
+
+        with pytest.raises(Preempted) as info:
+            backend.complete(prompt, stop_check=stop_at_third_chunk, **kw)
+        assert info.value.tokens_done == 0 and len(polls) == 3      # before any token
+        assert backend.complete(prompt, stop_check=lambda: False, **kw).text == reference
     finally:
         backend.close()
 

@@ -84,8 +84,9 @@ class Backend(Protocol):
     ) -> Completion:
         """Generate from ``prompt``; JSON-schema constrained when ``schema`` is given.
 
-        ``stop_check()`` is polled once per generated token; if it returns True
-        the generation stops and ``Preempted`` is raised.
+        ``stop_check()`` is polled once per generated token (and, in llama.cpp,
+        between chunks of the prompt's evaluation); if it returns True the
+        generation stops and ``Preempted`` is raised.
         """
         ...
 
@@ -137,6 +138,7 @@ class LlamaBackend(_Identity):
         prompt_cache_mb: int = 64,
         embed_batch: int = 32,
         embed_ctx: int = 512,
+        prefill_chunk: int = 16,
         temperature: float = 0.0,
         repeat_penalty: float = 1.2,
         verbose: bool = False,
@@ -157,6 +159,7 @@ class LlamaBackend(_Identity):
         self.temperature = float(temperature)
         self.repeat_penalty = float(repeat_penalty)
         self.embed_batch = max(1, int(embed_batch))
+        self.prefill_chunk = max(1, int(prefill_chunk))
         self.n_gpu_layers = int(n_gpu_layers)
         self.gpu_offload_supported = bool(llama_cpp.llama_supports_gpu_offload())
         if self.n_gpu_layers != 0 and not self.gpu_offload_supported:
@@ -217,6 +220,7 @@ class LlamaBackend(_Identity):
             prompt_cache_mb=inf.get("prompt_cache_mb", 64),
             embed_batch=inf.get("embed_batch", 32),
             embed_ctx=m.get("embed_ctx", 512),
+            prefill_chunk=inf.get("prefill_chunk", 16),
             temperature=inf.get("temperature", 0.0),
             repeat_penalty=inf.get("repeat_penalty", 1.2),
             verbose=m.get("verbose", False),
@@ -257,9 +261,15 @@ class LlamaBackend(_Identity):
             self._llama_cpp.StoppingCriteriaList([criterion]) if stop_check is not None else None
         )
         t0 = time.perf_counter()
+        tokens = self._gen.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if len(tokens) >= self.n_ctx:
+            raise BadRequest(f"generation rejected: the prompt has {len(tokens)} tokens, "
+                             f"the context window {self.n_ctx}")
+        if stop_check is not None:
+            self._prefill(tokens, stop_check, t0)
         try:
             out = self._gen.create_completion(
-                prompt,
+                tokens,
                 max_tokens=int(max_tokens),
                 temperature=self.temperature,
                 repeat_penalty=self.repeat_penalty,
@@ -289,6 +299,30 @@ class LlamaBackend(_Identity):
                 raise Preempted(n, seconds)
             finish = "length" if n >= effective_max else "stop"
         return Completion(text, n_prompt, n, seconds, finish)
+
+    def _prefill(self, tokens: list[int], stop_check: StopCheck, t0: float) -> None:
+        """Evaluate the prompt but its last token in chunks of ``prefill_chunk`` tokens,
+        polling ``stop_check`` before each: a long prompt can be pre-empted too.
+
+        The KV cache keeps the longest prefix shared with the previous prompt (the
+        instructions and vocabulary), so only the user's own part is evaluated; an
+        interrupted prompt leaves its evaluated tokens behind, and the next prompt
+        reuses whatever prefix it shares with them. ``create_completion`` then finds
+        all but the last token evaluated and decodes only that one.
+        """
+        gen = self._gen
+        end = len(tokens) - 1
+        done = self._llama_cpp.Llama.longest_token_prefix(gen._input_ids.tolist(), tokens)
+        if done >= end:
+            return
+        gen.n_tokens = done          # eval drops the KV cells from n_tokens on
+        try:
+            for start in range(done, end, self.prefill_chunk):
+                if stop_check():
+                    raise Preempted(0, time.perf_counter() - t0)
+                gen.eval(tokens[start:min(end, start + self.prefill_chunk)])
+        except RuntimeError as exc:
+            raise InterestError(f"llama.cpp prompt evaluation failed: {exc}") from exc
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         out: list[list[float]] = []

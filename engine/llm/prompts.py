@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-TEMPLATE_VERSION = "profile-v1"
+TEMPLATE_VERSION = "profile-v2"
 TASK_PROFILE = "profile"
 TASK_EMBED = "embed"
 EMBED_VERSION = "embed-v1"      # cache version of embeddings (mean pooled, L2-normalised)
@@ -33,7 +33,7 @@ MAX_TAG_CHARS = 24
 MAX_SUMMARY_CHARS = 120
 MAX_VOCABULARY = 120          # tags of the catalog vocabulary put in the prompt
 MAX_ITEMS = 20                # most recent items put in the prompt
-MAX_ITEM_TAGS = 6
+MAX_ITEM_TAGS = 3              # per item line; the "Frequent tags" line counts them all
 MAX_TITLE_CHARS = 80
 MAX_QUERIES = 5
 MAX_QUERY_CHARS = 60
@@ -117,29 +117,36 @@ def shared_prefix(vocabulary: Sequence[str], vocab_limit: int = MAX_VOCABULARY) 
     )
 
 
-def _item_line(n: int, item: Mapping[str, Any]) -> str:
+def _item_line(n: int, item: Mapping[str, Any], show_type: bool) -> str:
     title = _clean(item.get("title") or item.get("item") or "?", MAX_TITLE_CHARS)
     tags = [_clean(t, MAX_TAG_CHARS) for t in list(item.get("tags") or [])[:MAX_ITEM_TAGS]]
     line = f"{n}. {title}"
     if tags:
         line += f" [{', '.join(tags)}]"
     kind = item.get("type")
-    if kind:
+    if kind and show_type:
         line += f" ({_clean(kind, 16)})"
     return line
 
 
 def user_part(items: Sequence[Mapping[str, Any]], queries: Sequence[str]) -> str:
-    """The user-specific tail: user turn plus the opened assistant turn."""
+    """The user-specific tail: user turn plus the opened assistant turn.
+
+    Kept short, since every token of it is evaluated for each refresh (the shared
+    prefix is not): at most ``MAX_ITEM_TAGS`` tags per item, the event type once in
+    the heading when every item has the same one, no searches line without searches.
+    """
     recent = list(items)[-MAX_ITEMS:]
-    lines = ["Recent items:"]
+    kinds = {_clean(it.get("type") or "", 16) for it in recent}
+    same = kinds.pop() if len(kinds) == 1 else ""
+    lines = [f"Recent items ({same}):" if same else "Recent items:"]
     if recent:
-        lines += [_item_line(i + 1, it) for i, it in enumerate(recent)]
+        lines += [_item_line(i + 1, it, not same) for i, it in enumerate(recent)]
     else:
         lines.append("(none)")
     counts: dict[str, int] = {}
     for it in recent:
-        for t in list(it.get("tags") or [])[:MAX_ITEM_TAGS]:
+        for t in list(it.get("tags") or []):
             t = _clean(t, MAX_TAG_CHARS).lower()
             if t:
                 counts[t] = counts.get(t, 0) + 1
@@ -147,7 +154,8 @@ def user_part(items: Sequence[Mapping[str, Any]], queries: Sequence[str]) -> str
     if top:
         lines.append("Frequent tags: " + ", ".join(f"{t} ({n})" for t, n in top))
     qs = [_clean(q, MAX_QUERY_CHARS) for q in list(queries)[-MAX_QUERIES:] if str(q).strip()]
-    lines.append("Recent searches: " + ("; ".join(qs) if qs else "(none)"))
+    if qs:
+        lines.append("Recent searches: " + "; ".join(qs))
     body = "\n".join(lines)
     return (
         f"{IM_START}user\n{body}\nDescribe this user's interests as JSON.{IM_END}\n"
