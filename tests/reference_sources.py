@@ -12,7 +12,6 @@ from __future__ import annotations
 import heapq
 import numpy as np
 
-from interest.engine.recommend.fusion import reward_of
 from interest.engine.recommend.query import Query, recency, segments_of, tag_blend
 
 LLM_SOURCES = frozenset({"semantic"})
@@ -63,6 +62,21 @@ def ref_collaborative(src, q: Query, extra=None) -> dict:
         for b, c in top.items():
             out[b] = out.get(b, 0.0) + f * c * inv[b]
     return out
+
+
+def ref_ease(src, q: Query, extra=None) -> dict:
+    index = {item: j for j, item in enumerate(src.items)}
+    scores: dict[str, float] = {}
+    for a, r in recency(q.recent, src.query_items, src.decay):
+        j = index.get(a)
+        if j is None:
+            continue
+        for b, w in zip(src.items, src.weights[j].tolist()):
+            scores[b] = scores.get(b, 0.0) + w * r
+    if not scores:
+        return {}
+    vector = np.array([scores.get(b, 0.0) for b in src.items])
+    return _top_of(vector, src.items, src.top_m, extra, index)
 
 
 def ref_content(src, tags, q: Query, extra=None) -> dict:
@@ -146,6 +160,7 @@ def ref_source(learner, name: str, q: Query, extra=None) -> dict:
     return {
         "sequential": lambda: ref_sequential(learner.sequential, q, extra),
         "collaborative": lambda: ref_collaborative(learner.collaborative, q, extra),
+        "ease": lambda: ref_ease(learner.ease, q, extra),
         "content": lambda: ref_content(learner.content, tags, q, extra),
         "semantic": lambda: ref_semantic(learner.semantic, tags, q, extra),
         "popularity": lambda: ref_popularity(learner.popularity_source, q, extra),
@@ -192,7 +207,7 @@ def ref_rank(raw, weights, k, seen, candidates, catalog):
 
 def ref_recommend(learner, state, *, k=10, exclude_seen=True, candidates=None, use_llm=True):
     q, segment = learner.models.query(state, use_llm)
-    weights = learner.fusion.weights(q.user, segment)
+    weights = learner.fusion.weights(q.user, segment, q.context)
     raw = ref_scores(learner, q, candidates, use_llm)
     seen = state.seen if (state is not None and exclude_seen) else frozenset()
     items, _, _ = ref_rank(raw, weights, k, seen, candidates, learner.catalog)
@@ -201,7 +216,7 @@ def ref_recommend(learner, state, *, k=10, exclude_seen=True, candidates=None, u
 
 def ref_explain(learner, state, item, use_llm=True):
     q, segment = learner.models.query(state, use_llm)
-    weights = learner.fusion.weights(q.user, segment)
+    weights = learner.fusion.weights(q.user, segment, q.context)
     raw = ref_scores(learner, q, [item], use_llm)
     items, _, totals = ref_rank(raw, weights, 1, frozenset(), [item], learner.catalog)
     row = items[0]
@@ -212,23 +227,26 @@ def ref_explain(learner, state, item, use_llm=True):
             "weights": weights}
 
 
-def ref_rewards(raw: dict[str, dict], item: str, seen, depth: int) -> dict:
-    rewards = {}
+def ref_pairs(raw: dict[str, dict], weights: dict, item: str, seen, hard: int) -> list:
+    """The pairwise examples' features for ``item`` against the ``hard`` best items ranked
+    above it (the drawn negatives are left to the caller): dicts all the way."""
+    tops = {name: max(scores.values()) for name, scores in raw.items() if scores}
+    totals: dict[str, float] = {}
     for name, scores in raw.items():
-        if not scores:
+        top = tops.get(name)
+        if not top:
             continue
-        x = scores.get(item)
-        if x is None:
-            rewards[name] = 0.0
-            continue
-        rank = 0
+        f = weights[name] / top
         for other, v in scores.items():
-            if v > x and other not in seen:
-                rank += 1
-                if rank >= depth:
-                    break
-        rewards[name] = reward_of(rank, depth)
-    return rewards
+            totals[other] = totals.get(other, 0.0) + f * v
+    mine = totals.get(item, 0.0)
+    if mine <= 0:
+        return []
+    above = sorted((-t, other) for other, t in totals.items() if t > mine and other not in seen)
+
+    def feats(x):
+        return {name: raw[name].get(x, 0.0) / top for name, top in tops.items()}
+    return [(feats(item), feats(other)) for _, other in above[:hard]]
 
 
 def score_dict(models, name: str, q: Query, extra=None, use_llm: bool = True) -> dict:

@@ -90,8 +90,31 @@ def test_main_json_shape(tmp_path, capsys, monkeypatch):
     assert ev.main(["--json", "--no-progress", "--sample", "10"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["prequential"]) == set(ev.SYSTEMS) == set(out["loo"])
-    assert set(out["prequential"]["service"]) == {"hr@10", "ndcg@10", "cold_hr@10"}
-    assert set(out["loo"]["service"]) == {"hr@10", "ndcg@10"}
+    assert set(out["prequential"]["service"]) == {"hr@10", "ndcg@10", "cold_hr@10",
+                                                  "cold_item_hr@10", "tail_hr@10"}
+    assert set(out["loo"]["service"]) == {"hr@10", "ndcg@10", "cold_item_hr@10", "tail_hr@10"}
+    assert "service_fixed_weights" in out["prequential"] and out["meta"]["split"] == "test"
+
+
+def test_slices_count_cold_and_tail_items():
+    base = ev.Baselines([f"i{i}" for i in range(10)])
+    for n, item in enumerate(["i0"] * 6 + ["i1"] * 3 + ["i2"]):
+        base.observe(f"u{n}", item)
+    assert base.count("i0") == 6 and base.count("i9") == 0
+    assert not base.in_tail("i0") and not base.in_tail("i1")     # the top 2 of 10 items
+    assert base.in_tail("i2") and base.in_tail("i9")
+
+
+def test_validation_split_holds_out_the_second_to_last_and_the_warm_up():
+    data = chains()
+    loo, _ = ev.validation_split(data, "loo", 0.2)
+    assert len(loo.ratings) == len(data.ratings) - 12            # each user's last dropped
+    last = {}
+    for r in data.ratings:
+        last[r["user"]] = r["id"]
+    assert not set(last.values()) & {r["id"] for r in loo.ratings}
+    pre, warmup = ev.validation_split(data, "prequential", 0.5)
+    assert pre.ratings == data.ratings[:len(data.ratings) // 2] and warmup == 0.5
 
 
 def test_main_reports_a_missing_folder(tmp_path, capsys):

@@ -26,6 +26,9 @@ def test_leave_one_out_baselines_match_published_and_service_beats_them(data):
     # a regression guard, not the target (the README reports the measured figure)
     assert s["service"]["hr@10"] >= 1.15 * s["item_knn_last"]["hr@10"]
     assert s["service"]["ndcg@10"] >= 1.15 * s["item_knn_last"]["ndcg@10"]
+    for name in ev.SYSTEMS:           # the slices, for every system
+        assert 0.0 <= s[name]["tail_hr@10"] <= 1.0 and 0.0 <= s[name]["cold_item_hr@10"] <= 1.0
+    assert s["popularity"]["tail_hr@10"] == 0.0      # popularity never reaches the tail
 
 
 def test_prequential_sample_beats_baselines(data):
@@ -34,3 +37,4 @@ def test_prequential_sample_beats_baselines(data):
     best = max(s["popularity"]["hr@10"], s["item_knn_last"]["hr@10"])
     assert s["service"]["hr@10"] >= 1.1 * best
     assert s["service"]["cold_hr@10"] >= 1.3 * s["popularity"]["cold_hr@10"]
+    assert out["tail_points"] > 0 and out["cold_item_points"] > 0

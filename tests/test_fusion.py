@@ -1,144 +1,178 @@
-"""Fusion weights: segments, multiplicative-weights adaptation, served-list credit."""
+"""Fusion: segments and contexts, the pairwise learner, its examples, replay determinism."""
 
 from __future__ import annotations
 
+import math
+
+import msgpack
 import pytest
 
-from interest.engine.projections.catalog import Catalog
-from interest.engine.journal.codec import StoredEvent
 from interest.engine.config import load_config
-from interest.engine.recommend import Learner, Recommender
-from interest.engine.recommend.fusion import Fusion, reward_of, segment_of
+from interest.engine.journal.codec import StoredEvent
+from interest.engine.projections.catalog import Catalog
 from interest.engine.projections.state import FoldParams, InterestState
+from interest.engine.recommend import Learner, Recommender
+from interest.engine.recommend.fusion import (KEYS, Fusion, context_of, key_of, list_gradient,
+                                              segment_of)
+from interest.engine.recommend.learner import features, pairs_of
+from tests.reference_sources import ref_pairs, ref_scores
 
 PARAMS = FoldParams.from_config(load_config())
-NAMES = ["sequential", "collaborative", "content", "semantic", "popularity", "demographic"]
+NAMES = ["sequential", "collaborative", "ease", "content", "semantic", "popularity",
+         "demographic"]
 
 
-def test_segments():
+def test_segments_and_contexts():
     assert [segment_of(n) for n in (0, 4, 5, 19, 20, 500)] == \
         ["cold", "cold", "warming", "warming", "warm", "warm"]
+    assert [context_of(g) for g in (None, 0.0, 1800.0, 1801.0, -5.0)] == \
+        ["visit", "session", "session", "visit", "visit"]
+    assert key_of("warm", "session") == "warm/session" and len(KEYS) == 6
 
 
-def test_reward_is_rank_based():
-    assert reward_of(0, 100) == 1.0
-    assert reward_of(2, 100) == pytest.approx(0.5)
-    assert reward_of(None, 100) == 0.0 and reward_of(100, 100) == 0.0
+def test_list_gradient_points_from_the_negatives_to_the_positive():
+    w = {"a": 0.5, "b": 0.5}
+    g = list_gradient(w, {"a": 1.0, "b": 0.0}, [{"a": 0.0, "b": 1.0}], 10.0)
+    assert g["a"] == pytest.approx(0.5) and g["b"] == pytest.approx(-0.5)   # margin 0
+    far = list_gradient({"a": 0.9, "b": 0.1}, {"a": 1.0}, [{"b": 1.0}], 10.0)
+    assert 0 < far["a"] < 0.001                                  # already well ranked
+    # with one negative it is the pairwise logistic gradient: sigmoid(-margin) * d
+    m = 10.0 * (0.9 * 1.0 - 0.1 * 1.0)
+    assert far["a"] == pytest.approx(1.0 / (1.0 + math.exp(m)))
+    # the strongly ranked negative counts, the weak one barely
+    two = list_gradient(w, {"a": 0.5, "b": 0.5}, [{"a": 1.0, "b": 0.5}, {"b": 0.2}], 10.0)
+    assert two["a"] < -0.4 and abs(two["b"]) < 0.01
 
 
-def test_multiplicative_weights_move_towards_the_source_that_ranks_well():
-    f = Fusion(NAMES, eta=0.1)
-    before = f.weights(None, "warm")
-    for _ in range(50):
-        f.credit("u", "warm", {"sequential": 0.0, "popularity": 1.0})
-    after = f.weights(None, "warm")
+def test_learning_moves_toward_the_source_that_ranks_the_acted_on_item_first():
+    f = Fusion(NAMES, rate=0.5)
+    before = f.weights(None, "warm", "session")
+    for _ in range(200):   # popularity puts the acted-on item first, sequential the negative
+        f.credit("u", "warm/session", [({"sequential": 0.2, "popularity": 1.0},
+                                         {"sequential": 1.0, "popularity": 0.1})])
+    after = f.weights(None, "warm", "session")
     assert after["popularity"] > before["popularity"]
     assert after["sequential"] < before["sequential"]
     assert sum(after.values()) == pytest.approx(1.0)
-    assert min(after.values()) >= f.floor * 0.99
-    # other segments untouched; the user's own factors move further
-    assert f.weights(None, "cold") == before_cold(f)
-    mine = f.weights("u", "warm")
-    assert mine["popularity"] > after["popularity"]
-    assert f.stats()["updates"]["warm"] == 50
+    # sources with nothing to say are not moved (only rescaled); other keys are untouched
+    assert after["content"] / after["semantic"] == pytest.approx(
+        before["content"] / before["semantic"], rel=1e-9)
+    assert f.weights(None, "warm", "visit") == f.initial["warm/visit"]
+    assert f.stats()["updates"]["warm/session"] == 200
 
 
-def before_cold(f):
-    return f.initial["cold"]
-
-
-def test_no_reward_no_update_and_user_table_is_bounded():
-    f = Fusion(NAMES, max_users=3)
-    f.credit("u", "warm", {"sequential": 0.0})
-    assert f.stats()["updates"]["warm"] == 0
-    for i in range(10):
-        f.credit(f"u{i}", "cold", {"popularity": 1.0, "demographic": 0.0})
-    assert f.stats()["users_adapted"] == 3
+def test_no_source_dies_the_prior_pulls_back_and_weights_round_trip():
+    f = Fusion(NAMES, rate=2.0, shrink=0.05, floor=0.005)
+    for _ in range(2000):
+        f.credit(None, "cold/visit", [({"popularity": 1.0}, {"demographic": 1.0})])
+    w = f.weights(None, "cold", "visit")
+    assert min(w.values()) >= 0.005 * 0.99
+    assert w["demographic"] > 0.01         # an equilibrium with the prior, not the floor
+    for _ in range(3000):                  # the evidence stops: back toward the prior
+        f.credit(None, "cold/visit", [({"popularity": 0.5, "demographic": 0.5},
+                                       {"popularity": 0.5, "demographic": 0.5})])
+    back = f.weights(None, "cold", "visit")
+    assert back["demographic"] > 2 * w["demographic"]
     g = Fusion(NAMES)
-    g.load_dict(f.to_dict())
-    assert g.weights("u9", "cold") == f.weights("u9", "cold")
+    g.load_dict(msgpack.unpackb(msgpack.packb(f.to_dict()), raw=False))
+    assert g.weights(None, "cold", "visit") == back
+    assert set(f.stats()["segments"]) == {"cold", "warming", "warm"}
 
 
-def _entry(user, seq, item, ts):
-    return StoredEvent(user, seq, seq, 0.0, {"v": 1, "id": f"{user}{seq}", "type": "view",
-                                             "ts": ts, "user": user, "item": item}, ())
+def test_fixed_fusion_never_moves():
+    f = Fusion(NAMES, adapt=False)
+    f.credit("u", "warm/visit", [({"popularity": 1.0}, {"sequential": 1.0})])
+    assert f.weights(None, "warm", "visit") == f.initial["warm/visit"]
+    assert f.stats()["updates"]["warm/visit"] == 0
 
 
-def _catalog(n=5):
+def _entry(user, seq, item, ts, gseq=None):
+    return StoredEvent(user, seq, gseq or seq, 0.0, {"v": 1, "id": f"{user}{seq}", "type": "view",
+                                                     "ts": ts, "user": user, "item": item}, ())
+
+
+def _catalog(n=8):
     cat = Catalog()
     for i in range(n):
         cat.put_item(f"i{i}", {"tags": []})
     return cat
 
 
-def test_served_list_is_credited_once_on_the_next_item():
-    rec = Recommender(_catalog(), PARAMS, feedback_every=1_000_003)   # no sampled feedback
-    for n, item in enumerate(["i0", "i1", "i2"], 1):
-        rec.observe(_entry("a", n, item, float(n)))
+def _stream(n=400, users=6, items=8):
+    out, seqs = [], {}
+    for g in range(1, n + 1):
+        u = f"u{(g * 7) % users}"
+        seqs[u] = seqs.get(u, 0) + 1
+        out.append(_entry(u, seqs[u], f"i{(g * g + seqs[u]) % items}", 100.0 * g, g))
+    return out
+
+
+def test_pairs_equal_the_dict_reference():
+    learner = Learner(_catalog(), PARAMS, feedback_every=1_000_003, ease_first=50)
+    for e in _stream(300):
+        learner.observe(e)
+    models = learner.publish()
+    for user in ("u0", "u1", "u3"):
+        hist = learner.histories[user]
+        q, key = _query(learner, user)
+        weights = learner.fusion.weights(None, key)
+        scored = models.scored(q, None, True).fuse(weights)
+        raw = ref_scores(learner, q, None, True)
+        for item in [f"i{i}" for i in range(8)]:
+            got = pairs_of(scored, models.position(item), models.positions(hist),
+                           learner.index.ids, 3, 3, None)
+            want = ref_pairs(raw, weights, item, set(hist), 3)
+            assert len(got) == len(want)
+            for (gp, gn), (wp, wn) in zip(got, want):
+                assert gp == pytest.approx({k: v for k, v in wp.items()})
+                assert gn == pytest.approx({k: v for k, v in wn.items()})
+        assert features(scored, 0).keys() <= set(learner.names)
+
+
+def _query(learner, user):
+    from interest.engine.recommend.query import Query
+    q = Query(user=user, recent=list(learner.histories[user]),
+              attrs=learner.catalog.attrs.get(user))
+    return q, key_of(segment_of(learner.user_events[user]), q.context)
+
+
+def test_examples_are_scored_with_the_last_mark_and_replay_gives_the_same_weights(tmp_path):
+    entries = _stream(600, items=60)
+    a = Learner(_catalog(60), PARAMS, feedback_every=1, max_stale=50, ease_first=100,
+                ease_every=200, fusion_rate=0.5)
+    for n, e in enumerate(entries, 1):
+        a.observe(e)
+        if n % 37 == 0:
+            a.publish()             # extra publishes (the service's clock) change nothing
+        assert a.marked.version <= a.models.version
+        assert a.marked.n <= len(a.index)
+    assert a.credits["feedback"] >= 590 and a.credits["pairs"] > 0 and a.ease.fits == 3
+    assert any(v > 0 for v in a.fusion.stats()["updates"].values())
+    b = Learner(_catalog(60), PARAMS, feedback_every=1, max_stale=50, ease_first=100,
+                ease_every=200, fusion_rate=0.5)
+    for e in entries[:350]:       # a restart from a checkpoint at a mark
+        b.observe(e)
+    b.save(tmp_path / "m")
+    c = Learner(_catalog(60), PARAMS, feedback_every=1, max_stale=50, ease_first=100,
+                ease_every=200, fusion_rate=0.5)
+    assert c.load(tmp_path / "m")
+    for e in entries:
+        c.observe(e)               # positions already in the model are skipped
+    assert c.fusion.to_dict() == a.fusion.to_dict()
+    assert c.ease.weights.tobytes() == a.ease.weights.tobytes()
+
+
+def test_the_service_ranks_with_the_users_context():
+    rec = Recommender(_catalog(), PARAMS, feedback_every=1_000_003)
     state = InterestState(user="b")
-    e1 = _entry("b", 1, "i0", 10.0)
-    rec.observe(e1)
-    state.update(e1, PARAMS)
-    served = rec.recommend(state, k=3)                # served to b: i1 first (a went i0 -> i1)
-    assert served["items"][0]["item"] == "i1"
-    e2 = _entry("b", 2, "i1", 11.0)
-    rec.observe(e2)                                    # learner: credits the served list
-    assert rec.credits == {"served": 1, "feedback": 0}
-    assert rec.fusion.stats()["updates"]["cold"] == 1
-    mine = rec.fusion.weights("b", "cold")
-    assert mine["sequential"] > rec.fusion.weights(None, "cold")["sequential"]
-    state.update(e2, PARAMS)
-    rec.observe(_entry("b", 3, "i2", 12.0))            # nothing served since: no credit
-    assert rec.credits == {"served": 1, "feedback": 0}
-    rec.recommend(state, k=3)                          # served at version 2 ...
-    rec.observe(_entry("b", 2, "i3", 13.0))            # ... an entry not after it: dropped
-    rec.observe(_entry("b", 4, "i3", 14.0))
-    assert rec.credits == {"served": 1, "feedback": 0}
-    rec.recommend(state, k=3, candidates=["i3", "i4"])    # candidates mode is not remembered
-    rec.snapshot().recommend(state, k=3, remember=False)
-    rec.observe(_entry("b", 5, "i4", 15.0))
-    assert rec.credits == {"served": 1, "feedback": 0}
-    assert "fusion" in rec.stats() and "models" in rec.stats()
-
-
-def test_sampled_feedback_is_credited_at_the_next_publish_from_the_learners_history():
-    learner = Learner(_catalog(), PARAMS, feedback_every=1, max_stale=1000)
-    for n, item in enumerate(["i0", "i1", "i2"], 1):
-        learner.observe(_entry("a", n, item, float(n)))
-    assert learner.credits == {"served": 0, "feedback": 0}       # queued, not scored yet
-    learner.publish()                   # scored with the snapshot that learned them
-    assert learner.credits == {"served": 0, "feedback": 3}
-    assert learner.fusion.stats()["updates"]["cold"] == 3          # popularity ranked each
-    for user in ("c", "d", "e"):                       # i1..i3 become the popular ones
-        for n, item in enumerate(["i1", "i2", "i3"], 1):
-            learner.observe(_entry(user, n, item, 5.0 + n))
-    learner.observe(_entry("a", 4, "i4", 9.0))          # a: i0 -> ... -> i4
-    learner.publish()
-    before = learner.fusion.weights("b", "cold")
-    learner.observe(_entry("b", 1, "i0", 10.0))
-    learner.observe(_entry("b", 2, "i4", 11.0))        # b's history [i0]: what follows i0
-    learner.publish()
-    assert learner.credits == {"served": 0, "feedback": 15}
-    after = learner.fusion.weights("b", "cold")
-    assert after["sequential"] > before["sequential"]
-    assert after["popularity"] < before["popularity"]
-    # the segment is that of the user's event count before the event (skips count too)
-    for seq in range(3, 8):
-        learner.observe(StoredEvent("b", seq, seq, 0.0, {"v": 1, "id": f"s{seq}",
-                                                         "type": "skip", "ts": 20.0,
-                                                         "user": "b", "item": "i4"}, ()))
-    assert learner.user_events["b"] == 7
-    assert learner.credits["feedback"] == 15                       # skips are not credited
-    learner.observe(_entry("b", 8, "i2", 30.0))
-    learner.publish()
-    assert learner.fusion.stats()["updates"]["warming"] == 1
-
-
-def test_feedback_is_sampled_every_nth_event_and_never_waits_past_max_stale():
-    learner = Learner(_catalog(), PARAMS, feedback_every=4, max_stale=8)
-    for seq in range(1, 41):
-        learner.observe(_entry("a", seq, f"i{seq % 5}", float(seq)))
-        assert learner.models.version >= seq // 8                  # observe published
-    assert learner.credits["feedback"] in (9, 10)
-    learner.publish()
-    assert learner.credits["feedback"] == 10
+    for seq, ts in ((1, 10.0), (2, 20.0)):          # two events 10 s apart: a session
+        e = _entry("b", seq, f"i{seq}", ts)
+        rec.observe(e)
+        state.update(e, PARAMS)
+    rec.fusion.segments["cold/session"]["popularity"] = 0.9
+    reply = rec.recommend(state, k=3)
+    assert reply["weights"] == rec.fusion.weights(None, "cold", "session")
+    assert reply["strategy"] == "cold"
+    fixed = Fusion(rec.learner.names, adapt=False)
+    other = rec.snapshot().recommend(state, k=3, fusion=fixed)
+    assert other["weights"] == fixed.initial["cold/session"]

@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 from interest.engine.journal.codec import encode_frame
-from tests.conftest import event, item_event, wait_for
+from tests.conftest import event, item_event, learned, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +44,7 @@ def test_ingest_op_is_read_your_writes(client):
 def test_unknown_user_gets_the_cold_strategy(client):
     client.call("ingest", events=[item_event("m1", ["Drama"]), event("x", user="other",
                                                                      item="m1")])
+    learned(client)       # popularity is the learner's: it lags the ingest reply by design
     reply = client.call("recommend", user="nobody")
     assert reply["strategy"] == "cold" and reply["items"][0]["item"] == "m1"
     assert client.call("interests", user="nobody")["events"] == 0

@@ -1,6 +1,6 @@
 """Immutable model snapshots scored with numpy: oracle against the dict-based reference,
 incremental publish == full rebuild, snapshots never change, concurrent readers while
-the learner learns, checkpoint round trip, served and sampled credit."""
+the learner learns, checkpoint round trip, the fusion's examples."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from interest.engine.journal.codec import StoredEvent
 from interest.engine.projections.catalog import Catalog
 from interest.engine.projections.state import FoldParams, InterestState
 from interest.engine.recommend import Learner, Recommender
-from interest.engine.recommend.learner import rewards_of
+from interest.engine.recommend.learner import pairs_of
 from interest.engine.recommend.models import Scored
-from tests.reference_sources import (ref_explain, ref_recommend, ref_rewards, ref_scores,
+from tests.reference_sources import (ref_explain, ref_pairs, ref_recommend, ref_scores,
                                      score_dict)
 
 PARAMS = FoldParams.from_config(load_config())
@@ -140,13 +140,13 @@ def test_recommend_and_explain_equal_the_dict_reference(seed):
                 dict(k=0)]
         for use_llm in (True, False):
             for ask in asks:
-                got = models.recommend(state, **ask, use_llm=use_llm, remember=False)
+                got = models.recommend(state, **ask, use_llm=use_llm)
                 assert got == ref_recommend(learner, state, **ask, use_llm=use_llm), ask
             for item in ["i0", "i4", "i29", "i33", "v-only", "nope", *seen]:
                 got = models.explain(state, item, use_llm=use_llm)
                 assert got == ref_explain(learner, state, item, use_llm=use_llm), item
     # padding reaches every catalog item, ranked items first
-    full = models.recommend(None, k=100, remember=False)["items"]
+    full = models.recommend(None, k=100)["items"]
     assert {r["item"] for r in full} >= set(cat.ids)
     zeros = [r["score"] == 0 for r in full]
     assert zeros == sorted(zeros)
@@ -156,7 +156,7 @@ def test_contributions_add_up_to_the_score_and_ranks_agree_with_explain():
     learner, entries, rng = learned(11, n=400)
     models = learner.models
     for state in with_profiles(fold(entries), rng):
-        out = models.recommend(state, k=12, remember=False)
+        out = models.recommend(state, k=12)
         assert out["strategy"] in ("cold", "warming", "warm")
         assert sum(out["weights"].values()) == pytest.approx(1.0)
         assert len(out["items"]) == 12
@@ -175,22 +175,21 @@ def test_contributions_add_up_to_the_score_and_ranks_agree_with_explain():
                 assert explained["rank"] == n
 
 
-def test_credit_rewards_equal_the_dict_reference():
+def test_fusion_examples_equal_the_dict_reference():
     learner, entries, rng = learned(5, n=400)
     models = learner.models
-    depth = learner.fusion.reward_depth
     for state in with_profiles(fold(entries), rng)[2:]:
-        q, _ = models.query(state, True)
-        raw = Scored(models.scores(q), models.n).compact()
+        q, segment = models.query(state, True)
+        weights = learner.fusion.weights(None, segment, q.context)
+        scored = models.scored(q, None, True).fuse(weights)
         want_raw = ref_scores(learner, q, None, True)
         seen = models.positions(state.seen)
-        unseen = np.ones(len(learner.index), dtype=bool)
-        unseen[seen] = False
         for item in ["i0", "i3", "i12", "i33", "nope", *sorted(state.seen)[:3]]:
-            got = rewards_of(raw, learner.index.pos.get(item), unseen, depth)
-            assert got == ref_rewards(want_raw, item, state.seen, depth)
-        first = learner.index.ids[0]           # a shallow depth: ranks past it reward 0
-        assert rewards_of(raw, 0, unseen, 2) == ref_rewards(want_raw, first, state.seen, 2)
+            got = pairs_of(scored, models.position(item), seen, learner.index.ids, 4, 4, None)
+            want = ref_pairs(want_raw, weights, item, state.seen, 4)
+            assert len(got) == len(want)
+            for (gp, gn), (wp, wn) in zip(got, want):
+                assert gp == pytest.approx(wp) and gn == pytest.approx(wn)
 
 
 # ---------------------------------------------------------- incremental
@@ -213,6 +212,8 @@ def frozen_arrays(models) -> dict:
         elif s.name == "semantic":
             out[s.name] = (s.vectors.ids, s.vectors.matrix.tolist(),
                            [ids[i] for i in s.vectors.pos])
+        elif s.name == "ease":
+            out[s.name] = (s.items, s.weights.tolist(), [ids[i] for i in s.pos])
         else:
             out[s.name] = (s.tags.ids, [ids[i] for i in s.cat_pos])
     return out
@@ -241,8 +242,8 @@ def test_incremental_publish_equals_a_full_rebuild(seed):
     full = learner.publish()
     assert frozen_arrays(incremental) == frozen_arrays(full)
     for state in with_profiles(fold(entries), rng):
-        assert incremental.recommend(state, k=10, remember=False) == \
-            full.recommend(state, k=10, remember=False)
+        assert incremental.recommend(state, k=10) == \
+            full.recommend(state, k=10)
 
 
 def test_unchanged_sources_are_shared_between_snapshots():
@@ -262,7 +263,7 @@ def test_a_snapshot_does_not_change_when_the_learner_learns_more():
     learner, entries, rng = learned(4, n=250, adapt=False)
     old = learner.models
     states = with_profiles(fold(entries), rng)
-    asked = [(old.recommend(s, k=10, remember=False), old.explain(s, "i3")) for s in states]
+    asked = [(old.recommend(s, k=10), old.explain(s, "i3")) for s in states]
     arrays = frozen_arrays(old)
     more = events(600, 40, first_gseq=1000)
     for e in more:
@@ -270,14 +271,14 @@ def test_a_snapshot_does_not_change_when_the_learner_learns_more():
     learner.catalog.put_item("brand-new", {"title": "n", "tags": ["a"]})
     give_vectors(learner, rng, ["i3", "i5", "brand-new"])
     new = learner.publish()
-    assert [(old.recommend(s, k=10, remember=False), old.explain(s, "i3"))
+    assert [(old.recommend(s, k=10), old.explain(s, "i3"))
             for s in states] == asked
     assert frozen_arrays(old) == arrays
     assert frozen_arrays(new) != arrays
     pop = old.scorer("popularity").pop.scores
     with pytest.raises(ValueError):            # snapshot arrays are read-only
         pop[0] = 1.0
-    assert [new.recommend(s, k=10, remember=False) for s in states] != [a for a, _ in asked]
+    assert [new.recommend(s, k=10) for s in states] != [a for a, _ in asked]
     assert old.position("brand-new") is None and new.position("brand-new") is not None
 
 
@@ -330,7 +331,6 @@ def test_concurrent_readers_while_the_learner_observes_and_publishes():
         t.join()
     assert not errors
     assert replies[0] > 0
-    assert learner.credits["served"] > 0          # readers' served lists were credited
     learner.publish()
     assert len(learner.item_vectors) == N_ITEMS + 1     # and "v-only"
 
@@ -351,8 +351,8 @@ def test_checkpoint_round_trip(tmp_path):
     assert again.observed == learner.observed
     again.publish()
     for state in with_profiles(fold(entries), rng):
-        assert again.models.recommend(state, k=10, remember=False) == \
-            learner.models.recommend(state, k=10, remember=False)
+        assert again.models.recommend(state, k=10) == \
+            learner.models.recommend(state, k=10)
     later = events(50, 77, first_gseq=learner.gseq + 1)
     for e in later:
         learner.observe(e)
@@ -376,6 +376,6 @@ def test_facade_publishes_lazily_and_exposes_the_learner():
     third = rec.snapshot()
     assert third.position("more") is not None    # so is a grown catalog
     state = fold(entries)["u1"]
-    assert rec.recommend(state, k=5) == third.recommend(state, k=5, remember=False)
+    assert rec.recommend(state, k=5) == third.recommend(state, k=5)
     stats = rec.stats()
     assert stats["snapshot"]["items"] == third.n and stats["observed"] == rec.observed

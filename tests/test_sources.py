@@ -19,8 +19,9 @@ from interest.engine.config import load_config
 from interest.engine.recommend.popularity import Popularity
 from interest.engine.recommend import Recommender
 from interest.engine.recommend.scorers import Extra, Freeze, ItemIndex
-from interest.engine.recommend.sources import (Collaborative, Demographic, Obs, PopularitySource, Query,
-                                      Sequential, TagMatrix, build_tag_table, segments_of)
+from interest.engine.recommend.sources import (Collaborative, Demographic, Ease, Obs,
+                                               PopularitySource, Query, Sequential, TagMatrix,
+                                               build_tag_table, gram, segments_of)
 from interest.engine.projections.state import FoldParams, InterestState
 from tests.reference_sources import ref_source, score_dict
 
@@ -175,7 +176,7 @@ def frozen_scores(source, items=()):
        extra=st.lists(st.integers(0, 14), max_size=5))
 def test_every_source_is_pure_deterministic_and_round_trips(seed, n, user, extra):
     cat = make_catalog()
-    rec = Recommender(cat, PARAMS, 3600.0)
+    rec = Recommender(cat, PARAMS, 3600.0, ease_first=30, ease_every=40)
     rec.set_item_vector("i1", [1.0, 0.0, 0.5])
     rec.set_item_vector("i2", [0.2, 1.0, 0.0])
     entries = stream(n, seed)
@@ -201,6 +202,42 @@ def test_every_source_is_pure_deterministic_and_round_trips(seed, n, user, extra
             alone = score_dict(models, source.name, q, [item])
             if item in first:
                 assert alone.get(item) == pytest.approx(first[item])
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_ease_is_the_closed_form_over_the_most_active_items(seed):
+    rng = random.Random(seed)
+    histories = [[f"i{rng.randrange(12)}" for _ in range(rng.randrange(1, 9))]
+                 for _ in range(30)]
+    ease = Ease(max_items=8, l2=3.0)
+    ease.refit(histories)
+    counts: dict[str, int] = {}
+    for h in histories:
+        for item in set(h):
+            counts[item] = counts.get(item, 0) + 1
+    assert ease.items == sorted(counts, key=lambda i: (-counts[i], i))[:8]
+    col = {item: j for j, item in enumerate(ease.items)}
+    g = np.zeros((8, 8))
+    for h in histories:                   # the gram matrix by hand
+        for a in set(h) & set(col):
+            for b in set(h) & set(col):
+                g[col[a], col[b]] += 1
+    rows = [np.array(sorted({col[i] for i in h if i in col}), dtype=np.intp) for h in histories]
+    assert np.array_equal(gram([r for r in rows if len(r)], 8, chunk=7), g)
+    b = ease.weights.astype(np.float64)
+    assert np.all(np.diag(b) == 0)
+    # optimality of min |X - XB|^2 + l2 |B|^2 with diag(B) = 0: (G + l2 I)(I - B) is diagonal
+    kkt = (g + 3.0 * np.eye(8)) @ (np.eye(8) - b)
+    assert np.abs(kkt - np.diag(np.diag(kkt))).max() < 1e-4
+    before = ease.weights.tobytes()
+    ease.refit(histories)                 # a function of the histories
+    assert ease.weights.tobytes() == before and ease.fits == 2
+    q = Query(user="u", recent=[ease.items[0], ease.items[3]])
+    score = frozen_scores(ease)(q)
+    for item, v in score.items():
+        j = col[item]
+        assert v == pytest.approx(b[0, j] + b[3, j])
+    assert ease.items[0] not in score or score[ease.items[0]] == pytest.approx(b[3, 0])
 
 
 def test_demographic_segments_and_scores():
@@ -395,3 +432,55 @@ def test_model_tags_match_catalog_tags_whatever_their_case():
     exact = matrix.user_vector({"Sci-Fi": 1.0})
     assert lower is not None and (lower == exact).all()
     assert matrix.user_vector({"western": 1.0}) is None
+
+
+def tie_of(learner, name: str, a: str, b: str) -> float:
+    """P(b | a) under each neighbour source, B[a, b] under EASE, from the learner's tables."""
+    if name == "ease":
+        return float(learner.ease.weights[learner.ease.items.index(a),
+                                          learner.ease.items.index(b)])
+    src = learner.sequential if name == "sequential" else learner.collaborative
+    count = src.table.neighbours(a)[b]
+    return count / (src.table.totals[a] if name == "sequential" else src.counts[a])
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_drivers_name_the_recent_item_that_adds_most_and_reasons_differ(seed):
+    from interest.engine.recommend.query import recency
+    from interest.engine.recommend.reasons import PHRASES, reason
+    cat = make_catalog(80)
+    rec = Recommender(cat, PARAMS, 3600.0, ease_first=100, ease_every=100)
+    entries = stream(600, seed, users=8, items=80)
+    for e in entries:
+        rec.observe(e)
+    models = rec.snapshot()
+    q, state = query_for(rec, "u1", entries)
+    checked = 0
+    for name in ("sequential", "collaborative", "ease"):
+        scorer = models.scorer(name)
+        for item in [f"i{i}" for i in range(80)]:
+            adds = {}                        # each recent item's part of the score, by hand
+            for a, r in recency(q.recent, scorer.query_items, scorer.decay):
+                alone = ref_source(rec.learner, name, Query(user="u1", recent=[a]), [item])
+                if alone.get(item, 0.0) > 0:
+                    adds[a] = r * alone[item]
+            got = scorer.driver(q, item)
+            if not adds:
+                assert got is None
+                continue
+            assert got is not None and got[1] == pytest.approx(max(adds.values()))
+            assert adds[got[0]] == pytest.approx(max(adds.values()))
+            tied = scorer.driver(q, item, 0.25)      # the most tied among the strong ones
+            strong = {a for a, v in adds.items() if v >= 0.25 * max(adds.values())}
+            ties = {a: tie_of(rec.learner, name, a, item) for a in strong}
+            assert ties[tied[0]] == pytest.approx(max(ties.values()))
+            checked += 1
+    assert checked > 20
+    reply = models.recommend(state, k=10)
+    texts = [reason(row, cat, state, models=models) for row in reply["items"]]
+    assert len(set(texts)) > 3                          # not one sentence ten times
+    for row, text in zip(reply["items"], texts):
+        top = max(row["sources"], key=row["sources"].get)
+        assert PHRASES[top] in text.lower()               # the strongest source leads
+        if top in ("sequential", "collaborative", "ease"):
+            assert '"item ' in text                         # a title of the user's own

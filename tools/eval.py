@@ -15,9 +15,22 @@ same writer, actors and recommender as the server; LMDB with sync off):
 
 ``service_no_llm`` is the service with its language-model sources switched
 off (recommender ``use_llm=False``: no profile embedding/summary/tags, no item
-vectors), ranked from the same state at the same points through the
-recommender's shadow hook. Until model profiles and item vectors are in the
-journal it equals ``service``.
+vectors), and ``service_fixed_weights`` the service's sources fused with the
+prior weights (no online learning of the fusion), both ranked from the same
+state and snapshot at the same points.
+
+Slices, for every system: ``cold_hr@k`` (users with fewer than 5 prior
+events), ``cold_item_hr@k`` (the item had fewer than 5 interactions before
+the point) and ``tail_hr@k`` (the item is outside the 20 % most popular
+catalog items, by interactions before the point; in leave-one-out, in the
+training events).
+
+``--split validation`` evaluates on the validation split instead, where
+settings are chosen (``--config`` overlays the candidates): for
+leave-one-out each user's second-to-last event (the last one is dropped);
+for prequential the points of the second half of the warm-up period (the
+events after the warm-up are dropped). The reported test points are never
+used to choose anything.
 """
 
 from __future__ import annotations
@@ -37,8 +50,14 @@ from tqdm import tqdm
 
 from interest.engine.errors import InterestError
 
-SYSTEMS = ("service", "service_no_llm", "popularity", "item_knn_last")
+#: single sources of the service, each ranked alone from the same snapshot (the fusion has
+#: to beat the best of them)
+SINGLE = ("sequential", "collaborative", "ease")
+SYSTEMS = ("service", "service_no_llm", "service_fixed_weights",
+           *(f"only_{name}" for name in SINGLE), "popularity", "item_knn_last")
 COLD_BELOW = 5
+#: the head: this share of the catalog's items, the most popular so far
+HEAD_SHARE = 0.2
 
 
 # ------------------------------------------------------------------ baselines
@@ -88,6 +107,16 @@ class Baselines:
         order = np.argsort(-scores, kind="stable")[:k]
         return [self.ids[i] for i in order]
 
+    def count(self, item: str) -> float:
+        i = self.index.get(item)
+        return float(self.counts[i]) if i is not None else 0.0
+
+    def in_tail(self, item: str) -> bool:
+        """Outside the HEAD_SHARE most popular items (by interactions so far)."""
+        head = max(1, math.ceil(HEAD_SHARE * len(self.counts)))
+        threshold = np.partition(self.counts, len(self.counts) - head)[len(self.counts) - head]
+        return threshold <= 0 or self.count(item) < threshold
+
     def popularity(self, user: str, k: int) -> list[str]:
         return self._top(self.counts, user, k)
 
@@ -124,6 +153,46 @@ class Metric:
         return self.ndcg / self.n if self.n else 0.0
 
 
+class Only:
+    """Fusion weights that keep one source alone (``Models.recommend``'s ``fusion``)."""
+
+    def __init__(self, names: list[str], source: str):
+        self.fixed = {name: 1.0 if name == source else 0.0 for name in names}
+
+    def weights(self, user, segment, context=None) -> dict:
+        return dict(self.fixed)
+
+
+class Slices:
+    """Per system: overall, cold users, cold items and tail items."""
+
+    def __init__(self):
+        self.overall = {s: Metric() for s in SYSTEMS}
+        self.cold = {s: Metric() for s in SYSTEMS}
+        self.cold_item = {s: Metric() for s in SYSTEMS}
+        self.tail = {s: Metric() for s in SYSTEMS}
+
+    def add(self, ranked: dict, target: str, k: int, *, cold_user: bool, cold_item: bool,
+            tail: bool) -> None:
+        for s in SYSTEMS:
+            self.overall[s].add(ranked[s], target, k)
+            for on, metric in ((cold_user, self.cold), (cold_item, self.cold_item),
+                               (tail, self.tail)):
+                if on:
+                    metric[s].add(ranked[s], target, k)
+
+    def report(self, k: int, cold_users: bool = True) -> dict:
+        out = {}
+        for s in SYSTEMS:
+            row = {f"hr@{k}": self.overall[s].hr, f"ndcg@{k}": self.overall[s].nd}
+            if cold_users:
+                row[f"cold_hr@{k}"] = self.cold[s].hr
+            row[f"cold_item_hr@{k}"] = self.cold_item[s].hr
+            row[f"tail_hr@{k}"] = self.tail[s].hr
+            out[s] = row
+        return out
+
+
 # ---------------------------------------------------------------- the service
 
 class Harness:
@@ -138,7 +207,13 @@ class Harness:
         self.config = load_config(config_path, store={"sync": False}, projections={"learner": "thread"})
         self.limits = self.config["limits"]
         self.service = Service(self.config, Path(tmp) / "data")
-        self.shadow = {"service_no_llm": {"use_llm": False}} if use_llm_shadow else {}
+        from interest.engine.recommend.fusion import Fusion
+        names = list(self.service.learner.models.names)
+        self.shadow = {"service_fixed_weights": {"fusion": Fusion(names, adapt=False)}}
+        for name in SINGLE:
+            self.shadow[f"only_{name}"] = {"fusion": Only(names, name)}
+        if use_llm_shadow:
+            self.shadow["service_no_llm"] = {"use_llm": False}
         for item, vector in (vectors or {}).items():
             self.service.item_vectors.set_item_vector(item, vector)
         self._wait(lambda done: self.service.flush(done, projections=("users", "learner")))
@@ -179,8 +254,8 @@ class Harness:
             state = self.service.reader.state_of(user)
             models = self.service.learner.models
             for name, opts in self.shadow.items():
-                rows = models.recommend(state, k=k, use_llm=opts["use_llm"],
-                                        remember=False)["items"]
+                rows = models.recommend(state, k=k, use_llm=opts.get("use_llm"),
+                                        fusion=opts.get("fusion"))["items"]
                 shadow[name] = [row["item"] for row in rows]
         return ranked, shadow
 
@@ -191,6 +266,7 @@ class Harness:
 def _ask_all(harness: Harness, base: Baselines, user: str, k: int) -> dict[str, list[str]]:
     ranked, shadow = harness.recommend(user, k)
     return {"service": ranked, "service_no_llm": shadow.get("service_no_llm", ranked),
+            **{name: rows for name, rows in shadow.items() if name != "service_no_llm"},
             "popularity": base.popularity(user, k), "item_knn_last": base.item_knn_last(user, k)}
 
 
@@ -230,8 +306,7 @@ def prequential(data, *, k: int = 10, warmup: float = 0.2, sample: int | None = 
     points = list(range(start, len(ratings)))
     if sample and sample < len(points):
         points = sorted(random.Random(seed).sample(points, sample))
-    overall = {s: Metric() for s in SYSTEMS}
-    cold = {s: Metric() for s in SYSTEMS}
+    slices = Slices()
     by_window = [{s: Metric() for s in SYSTEMS} for _ in range(windows)]
     t_lo, t_hi = float(ratings[start]["ts"]) if points else 0.0, float(ratings[-1]["ts"])
     base = Baselines([it["item"] for it in data.items])
@@ -258,12 +333,11 @@ def prequential(data, *, k: int = 10, warmup: float = 0.2, sample: int | None = 
                 ranked = _ask_all(h, base, user, k)
                 w = min(windows - 1, int((float(ev["ts"]) - t_lo) / max(t_hi - t_lo, 1e-9)
                                          * windows))
-                is_cold = prior.get(user, 0) < COLD_BELOW
+                slices.add(ranked, target, k, cold_user=prior.get(user, 0) < COLD_BELOW,
+                           cold_item=base.count(target) < COLD_BELOW,
+                           tail=base.in_tail(target))
                 for s in SYSTEMS:
-                    overall[s].add(ranked[s], target, k)
                     by_window[w][s].add(ranked[s], target, k)
-                    if is_cold:
-                        cold[s].add(ranked[s], target, k)
                 h.ingest([ev])
                 base.observe(user, target)
                 prior[user] = prior.get(user, 0) + 1
@@ -274,13 +348,15 @@ def prequential(data, *, k: int = 10, warmup: float = 0.2, sample: int | None = 
         finally:
             h.stop()
     return {
-        "systems": {s: {f"hr@{k}": overall[s].hr, f"ndcg@{k}": overall[s].nd,
-                        f"cold_hr@{k}": cold[s].hr} for s in SYSTEMS},
-        "points": len(points), "cold_points": cold["service"].n,
+        "systems": slices.report(k),
+        "points": len(points), "cold_points": slices.cold["service"].n,
+        "cold_item_points": slices.cold_item["service"].n,
+        "tail_points": slices.tail["service"].n,
         "windows": [{"n": win["service"].n,
                      **{s: {f"hr@{k}": win[s].hr, f"ndcg@{k}": win[s].nd} for s in SYSTEMS}}
                     for win in by_window],
         "fusion": rec_stats["fusion"]["segments"],
+        "fusion_keys": rec_stats["fusion"]["keys"],
     }
 
 
@@ -294,7 +370,7 @@ def leave_one_out(data, *, k: int = 10, progress: bool = True, config: str | Non
         last[ev["user"]] = i
     held = set(last.values())
     train = [ev for i, ev in enumerate(ratings) if i not in held]
-    metrics = {s: Metric() for s in SYSTEMS}
+    slices = Slices()
     base = Baselines([it["item"] for it in data.items])
     for ev in train:
         base.observe(ev["user"], ev["item"])
@@ -307,41 +383,60 @@ def leave_one_out(data, *, k: int = 10, progress: bool = True, config: str | Non
                           file=sys.stderr, leave=False):
                 ev = ratings[i]
                 ranked = _ask_all(h, base, ev["user"], k)
-                for s in SYSTEMS:
-                    metrics[s].add(ranked[s], ev["item"], k)
+                slices.add(ranked, ev["item"], k, cold_user=False,
+                           cold_item=base.count(ev["item"]) < COLD_BELOW,
+                           tail=base.in_tail(ev["item"]))
         finally:
             h.stop()
-    return {"systems": {s: {f"hr@{k}": metrics[s].hr, f"ndcg@{k}": metrics[s].nd}
-                        for s in SYSTEMS}, "users": len(held)}
+    return {"systems": slices.report(k, cold_users=False), "users": len(held),
+            "cold_item_points": slices.cold_item["service"].n,
+            "tail_points": slices.tail["service"].n}
+
+
+def validation_split(data, protocol: str, warmup: float):
+    """(data, warm-up) of the validation split of ``protocol`` (see the module doc)."""
+    from interest.engine.movielens import MovieLens
+    ratings = data.ratings
+    if protocol == "loo":
+        last: dict[str, int] = {}
+        for i, ev in enumerate(ratings):
+            last[ev["user"]] = i
+        held = set(last.values())
+        kept = [ev for i, ev in enumerate(ratings) if i not in held]
+        return MovieLens(data.items, data.users, kept), warmup
+    return MovieLens(data.items, data.users, ratings[:int(len(ratings) * warmup)]), 0.5
 
 
 # ----------------------------------------------------------------------- cli
 
 def _table(pre: dict | None, loo: dict | None, k: int) -> str:
     lines = []
-    head = f"{'system':<16}"
+    head = f"{'system':<22}"
     if pre:
-        head += f"{'preq HR@' + str(k):>12}{'preq NDCG':>11}{'cold HR':>9}"
+        head += (f"{'preq HR@' + str(k):>12}{'preq NDCG':>11}{'cold HR':>9}"
+                 f"{'cold item':>11}{'tail HR':>9}")
     if loo:
         head += f"{'LOO HR@' + str(k):>11}{'LOO NDCG':>10}"
     lines += [head, "-" * len(head)]
     for s in SYSTEMS:
-        row = f"{s:<16}"
+        row = f"{s:<22}"
         if pre:
             m = pre["systems"][s]
-            row += f"{m[f'hr@{k}']:>12.4f}{m[f'ndcg@{k}']:>11.4f}{m[f'cold_hr@{k}']:>9.4f}"
+            row += (f"{m[f'hr@{k}']:>12.4f}{m[f'ndcg@{k}']:>11.4f}{m[f'cold_hr@{k}']:>9.4f}"
+                    f"{m[f'cold_item_hr@{k}']:>11.4f}{m[f'tail_hr@{k}']:>9.4f}")
         if loo:
             m = loo["systems"][s]
             row += f"{m[f'hr@{k}']:>11.4f}{m[f'ndcg@{k}']:>10.4f}"
         lines.append(row)
     if pre:
         lines.append("")
-        lines.append(f"prequential: {pre['points']} points ({pre['cold_points']} cold); "
+        lines.append(f"prequential: {pre['points']} points ({pre['cold_points']} cold users, "
+                     f"{pre['cold_item_points']} cold items, {pre['tail_points']} tail items); "
                      f"HR@{k} per time window:")
-        lines.append(f"{'window':<8}{'n':>7}" + "".join(f"{s:>16}" for s in SYSTEMS))
+        lines.append(f"{'window':<8}{'n':>7}" + "".join(f"{s:>22}" for s in SYSTEMS))
         for i, win in enumerate(pre["windows"]):
             lines.append(f"{i + 1:<8}{win['n']:>7}" +
-                         "".join(f"{win[s][f'hr@{k}']:>16.4f}" for s in SYSTEMS))
+                         "".join(f"{win[s][f'hr@{k}']:>22.4f}" for s in SYSTEMS))
         lines.append("fusion weights after the run: " + json.dumps(
             {seg: {s: round(w, 3) for s, w in ws.items()} for seg, ws in pre["fusion"].items()}))
     if loo:
@@ -357,12 +452,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--sample", type=int, default=10000,
                         help="prequential points to evaluate after the warm-up (0 = all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup", type=float, default=0.2)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--windows", type=int, default=4)
-    parser.add_argument("--only", choices=("prequential", "loo"), default=None)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prequential sample (default 0)")
+    parser.add_argument("--warmup", type=float, default=0.2,
+                        help="share of events (time order) replayed before evaluating (default 0.2)")
+    parser.add_argument("--k", type=int, default=10, help="cut-off of HR@k and NDCG@k (default 10)")
+    parser.add_argument("--windows", type=int, default=4,
+                        help="time windows the prequential figures are also given for (default 4)")
+    parser.add_argument("--only", choices=("prequential", "loo"), default=None,
+                        help="run one protocol only (default both)")
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="validation: each user's second-to-last event (leave-one-out) and "
+                             "the second half of the warm-up (prequential), where settings "
+                             "are chosen; test: the reported points")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--config", help="service config overlaid on configs/default.toml")
     parser.add_argument("--llm", action="store_true",
                         help="embed every item with the configured model first, so the "
@@ -385,17 +487,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"interest eval: --llm needs the model: {exc}", file=sys.stderr)
             return 2
     pre = loo = None
+    pre_data, warmup = data, args.warmup
+    loo_data = data
+    if args.split == "validation":
+        pre_data, warmup = validation_split(data, "prequential", args.warmup)
+        loo_data, _ = validation_split(data, "loo", args.warmup)
     if args.only in (None, "prequential"):
-        pre = prequential(data, k=args.k, warmup=args.warmup, sample=args.sample or None,
+        pre = prequential(pre_data, k=args.k, warmup=warmup, sample=args.sample or None,
                           seed=args.seed, windows=args.windows, progress=progress,
                           config=args.config, vectors=vectors)
     if args.only in (None, "loo"):
-        loo = leave_one_out(data, k=args.k, progress=progress, config=args.config,
+        loo = leave_one_out(loo_data, k=args.k, progress=progress, config=args.config,
                             vectors=vectors)
     if args.json:
         out = {"prequential": pre["systems"] if pre else {}, "loo": loo["systems"] if loo else {},
                "meta": {"points": pre["points"] if pre else 0, "llm": bool(args.llm),
                         "cold_points": pre["cold_points"] if pre else 0,
+                        "cold_item_points": pre["cold_item_points"] if pre else 0,
+                        "tail_points": pre["tail_points"] if pre else 0,
+                        "split": args.split,
+                        "fusion": pre["fusion_keys"] if pre else {},
                         "sample": args.sample, "seed": args.seed, "warmup": args.warmup,
                         "seconds": round(time.time() - t0, 1),
                         "windows": pre["windows"] if pre else []}}

@@ -16,8 +16,8 @@ own schedule, ``changed``, ``save``) and gives readers ``learner.models``
 its ``observe``/``snapshot``/``recommend``/``explain``/``save`` would learn or
 publish off the learner thread. ``load`` belongs before that thread starts.
 
-The sampled feedback credit is part of ``observe`` (engine.recommend.learner),
-so nothing on the user-actor path scores.
+The fusion's learning is part of ``observe`` (engine.recommend.learner), so
+nothing on the user-actor or read path scores for it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def model_path(data_dir: str | Path) -> Path:
 class Recommender:
     def __init__(self, catalog, params, popularity_half_life_s: float = 604800.0, **options):
         """``options``: those of ``Learner`` (use_llm, history, weights, adapt,
-        feedback_every, max_served, max_histories, max_stale)."""
+        feedback_every, max_histories, max_stale, negatives, hard, fusion_rate,
+        fusion_shrink, ease_items, ease_l2, ease_first, ease_every)."""
         self.learner = Learner(catalog, params, popularity_half_life_s, **options)
         self._lock = threading.RLock()
         #: evaluation hook: {name: {"use_llm": bool}}; each recommend also ranks
@@ -60,7 +61,10 @@ class Recommender:
         """The recommender the service runs, with the ``[recommend]`` settings."""
         rec = config["recommend"]
         return cls(catalog, params, rec["popularity_half_life_s"],
-                   feedback_every=rec["feedback_every"], max_histories=rec["max_histories"])
+                   feedback_every=rec["feedback_every"], max_histories=rec["max_histories"],
+                   fusion_rate=rec["fusion_rate"], fusion_shrink=rec["fusion_shrink"],
+                   ease_items=rec["ease_items"], ease_l2=rec["ease_l2"],
+                   ease_every=rec["ease_every"])
 
     # ------------------------------------------------------------ hooks
 
@@ -127,8 +131,7 @@ class Recommender:
             self.shadow_results[state.user] = {
                 name: models.recommend(state, k=k, exclude_seen=exclude_seen,
                                        candidates=candidates,
-                                       use_llm=opts.get("use_llm", use_llm),
-                                       remember=False)["items"]
+                                       use_llm=opts.get("use_llm", use_llm))["items"]
                 for name, opts in self.shadow.items()}
         return reply
 

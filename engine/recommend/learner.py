@@ -11,37 +11,38 @@ Threading (the rules the service follows):
   from what changed since the last publish and swaps ``self.models``; readers
   on any thread take ``learner.models`` (one reference read) and score from
   it without locks.
-* ``served(...)`` is called by readers (``Models.recommend``) on any thread:
-  a short lock around a bounded OrderedDict, never held while scoring.
 * ``set_item_vector(item, vector)`` may be called from any thread: it queues
   the vector; the owner applies the queue at its next ``publish``.
 * The shared ``Fusion`` object has its own small lock: the learner credits
   it, snapshots read the current weights.
 
-Online adaptation of the fusion weights, all on the owner thread (nothing
-on a reader's or a user actor's thread scores for it):
+Learning the fusion weights (engine.recommend.fusion), on the owner thread,
+from the journal alone (what readers were served plays no part), so that
+replaying the same journal gives the same weights:
 
-* served lists: when a user's next positive item arrives and a list was
-  served to that user before it, the sources are credited by the rank each
-  gives the item for the query that list was scored for (re-scored here
-  with the latest snapshot, which has not learned the item yet);
-* sampled feedback: otherwise, every ``feedback_every``-th event of a user
-  (a per-user offset spreads them) is queued and credited the same way at
-  the next ``publish``, scored with the snapshot just built (as the former
-  actor-side feedback scored with models that had already learned the
-  event), for a query built from the learner's own per-user history before
-  the event and the user's attributes (no tag weights, no model profile:
-  the content source and the profile part of the semantic source have no
-  say there). ``observe`` publishes by itself when feedback is queued and
-  ``max_stale`` events were learned since the last publish, and
-  ``to_dict`` credits the queue first, so no credit waits long or is lost.
+* every ``feedback_every``-th positive event of a user (a per-user offset
+  spreads them) is one example: the query is the learner's own history of
+  that user before the event, its segment the user's event count, its
+  context the gap between its last two events. It is scored at once with the
+  snapshot published at the last mark (every ``max_stale`` learned events, a
+  count, not a clock), which has not learned the event: a snapshot that had
+  would flatter the sources that learn fastest (a transition seen once tops
+  the sequential list). The items ranked above the one the user acted on
+  (not in its history) are the candidates, the ``hard`` best of them and
+  ``negatives - hard`` more drawn with a seed of the user and event count are
+  the negatives, and the fusion takes one step (engine.recommend.fusion).
 
-An entry is credited at most once.
+Replaying the journal from the start gives the same weights. A restart from a
+checkpoint taken between two marks scores the examples until the next mark
+with the snapshot it loaded (the learner process checkpoints on a clock).
+
+The EASE source is refit on the owner thread too, at event counts (first at
+``ease_first``, then every ``ease_every``), from the learner's histories.
 """
 
 from __future__ import annotations
 
-import threading
+import random
 import time
 import zlib
 from collections import OrderedDict, deque
@@ -50,15 +51,16 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from interest.engine.journal.events import FORGET_TYPE
 from interest.engine.journal.files import read_checked, write_checked
-from interest.engine.recommend.fusion import Fusion, reward_of, segment_of
+from interest.engine.recommend.fusion import Fusion, context_of, key_of, segment_of
 from interest.engine.recommend.models import Models
 from interest.engine.recommend.query import NOT_POSITIVE, Query
 from interest.engine.recommend.scorers import Freeze, ItemIndex, frozen
-from interest.engine.recommend.sources import (Collaborative, Content, Demographic, Obs, PopularitySource,
-                                      Semantic, Sequential, TagMatrix)
+from interest.engine.recommend.sources import (Collaborative, Content, Demographic, Ease, Obs,
+                                               PopularitySource, Semantic, Sequential, TagMatrix)
 
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2
 
 
 def write_atomic(path: str | Path, data: bytes) -> Path:
@@ -70,69 +72,100 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def rewards_of(raw: dict, target: int | None, unseen: np.ndarray, depth: int) -> dict:
-    """Per source that had something to say, the reward of the rank it gave ``target``
-    among the items not seen (``unseen``: a mask over positions)."""
+def features(scored, i: int) -> dict[str, float]:
+    """Item position ``i``'s score from each source, divided by the source's maximum for the
+    query (the ``x_s`` of engine.recommend.fusion); sources with nothing to say are left out."""
     out = {}
-    for name, part in raw.items():
-        if part is None:
-            continue            # the source had nothing to say: no reward, no penalty
-        idx, vals = part
-        hit = np.flatnonzero(idx == target) if target is not None else ()
-        if not len(hit):
-            out[name] = 0.0
-            continue
-        above = (vals > vals[hit[0]]) & unseen[idx]
-        out[name] = reward_of(min(int(above.sum()), depth), depth)
+    for name, vec in zip(scored.names, scored.vectors):
+        if vec is not None:
+            top = float(vec.max())
+            if top > 0:
+                out[name] = float(vec[i]) / top
     return out
 
 
-class Learner:
-    """The six sources, the fusion weights and the per-user histories, learned from
-    committed entries on one owner thread, published as immutable ``Models``.
+def pairs_of(scored, target: int | None, seen, ids: list, negatives: int, hard: int,
+             rng: random.Random, depth: int | None = None) -> list[tuple[dict, dict]]:
+    """(features of ``target``, features of a negative) for negatives among the items the
+    fused ``scored.total`` ranks above ``target`` and not in ``seen`` (positions): the
+    ``hard`` best (ties by id), then ``negatives - hard`` drawn from the rest with ``rng``.
+    Nothing when the target is unknown, unscored, already first, or has ``depth`` or more
+    items above it (out of reach of a re-weighting: the example would teach the order of
+    the long tail, not of the list a user sees)."""
+    if target is None:
+        return []
+    total = scored.total
+    mine = float(total[target])
+    if mine <= 0:
+        return []
+    above = total > mine
+    above[seen] = False
+    cand = np.flatnonzero(above)
+    if not len(cand) or (depth is not None and len(cand) >= depth):
+        return []
+    order = [i for _, _, i in sorted(zip((-total[cand]).tolist(),
+                                         [ids[i] for i in cand.tolist()], cand.tolist()))]
+    chosen = order[:hard]
+    rest = order[hard:]
+    if rest and negatives > hard:
+        chosen += [rest[j] for j in sorted(rng.sample(range(len(rest)),
+                                                      min(negatives - hard, len(rest))))]
+    pos = features(scored, target)
+    return [(pos, features(scored, j)) for j in chosen]
 
-    ``max_stale``: sampled feedback waits at most this many learned events for a
-    publish (``observe`` publishes by itself past it).
+
+class Learner:
+    """The sources, the fusion weights and the per-user histories, learned from committed
+    entries on one owner thread, published as immutable ``Models``.
+
+    ``max_stale``: every this many learned events the queued fusion examples are
+    credited (``observe`` publishes first). ``negatives``/``hard``: negatives per
+    example, of which the best ranked. ``ease_first``/``ease_every``: event counts at
+    which EASE is refit.
     """
 
     def __init__(self, catalog, params, popularity_half_life_s: float = 604800.0, *,
-                 use_llm: bool = True, history: int = 50, weights: dict | None = None,
-                 adapt: bool = True, feedback_every: int = 4, max_served: int = 20_000,
-                 max_histories: int = 200_000, max_stale: int = 256):
+                 use_llm: bool = True, history: int = 100, weights: dict | None = None,
+                 adapt: bool = True, feedback_every: int = 4, max_histories: int = 200_000,
+                 max_stale: int = 256, negatives: int = 8, hard: int = 0,
+                 depth: int | None = None,
+                 fusion_rate: float = 0.03, fusion_shrink: float = 0.01,
+                 ease_items: int = 2000, ease_l2: float = 200.0, ease_first: int = 1000,
+                 ease_every: int = 20_000):
         self.catalog = catalog
         self.params = params
         self.use_llm = use_llm
         self.history_len = history
         self.feedback_every = max(1, feedback_every)
-        self.max_stale = max_stale
+        self.max_stale = max(1, max_stale)
+        self.negatives, self.hard, self.depth = negatives, hard, depth
         self.tag_matrix = TagMatrix(catalog)
         self.sequential = Sequential()
         self.collaborative = Collaborative()
+        self.ease = Ease(ease_items, ease_l2)
+        self.ease_first, self.ease_every = max(1, ease_first), max(1, ease_every)
         self.content = Content()
         self.semantic = Semantic()
         self.popularity_source = PopularitySource(popularity_half_life_s)
         self.demographic = Demographic(popularity_half_life_s * 4)
-        self.sources = [self.sequential, self.collaborative, self.content, self.semantic,
-                        self.popularity_source, self.demographic]
+        self.sources = [self.sequential, self.collaborative, self.ease, self.content,
+                        self.semantic, self.popularity_source, self.demographic]
         self.names = [s.name for s in self.sources]
-        self.fusion = Fusion(self.names, weights, adapt=adapt)
+        self.fusion = Fusion(self.names, weights, adapt=adapt, rate=fusion_rate,
+                             shrink=fusion_shrink)
         #: user -> recent positive items, LRU-bounded so memory follows active users;
         #: an evicted user's co-occurrence window simply starts again
         self.histories: OrderedDict[str, list[str]] = OrderedDict()
         #: user -> behaviour events observed (the fusion segment of feedback), same bound
         self.user_events: OrderedDict[str, int] = OrderedDict()
+        #: user -> the gap between its last two positive events (the fusion context)
+        self.user_times: OrderedDict[str, list] = OrderedDict()
         self.max_histories = max_histories
         self.gseq = 0              # last global position observed
         self.base_gseq = 0         # positions already inside a loaded model
         self.observed = 0
-        self.credits = {"served": 0, "feedback": 0}
-        self.max_served = max_served
-        #: user -> (state version, segment, query, seen positions, use_llm) of the last
-        #: list served to that user
-        self._served: OrderedDict = OrderedDict()
-        self._served_lock = threading.Lock()
+        self.credits = {"feedback": 0, "pairs": 0}
         self._vectors: deque = deque()               # (item, vector), from any thread
-        self._feedback: deque = deque()              # sampled events, credited at publish
         self.index = ItemIndex()
         self._tags = None
         self._cat_pos = np.zeros(0, dtype=np.intp)
@@ -141,23 +174,14 @@ class Learner:
         self.publishes = 0
         self.publish_ms = 0.0
         self.models: Models | None = None
-        self.publish()
+        #: the snapshot of the last mark, which fusion examples are scored with
+        self.marked = self.publish()
 
     # ------------------------------------------------------- any thread
 
     def set_item_vector(self, item: str, vector) -> None:
         """Give an item an embedding; any thread (applied at the next publish)."""
         self._vectors.append((item, vector))
-
-    def served(self, user: str, version: int, segment: str, query: Query, seen,
-               use_llm: bool = True) -> None:
-        """Remember what was served to ``user`` at ``version`` of its state (any thread):
-        credited when the user's next item arrives."""
-        with self._served_lock:
-            self._served[user] = (version, segment, query, seen, use_llm)
-            self._served.move_to_end(user)
-            if len(self._served) > self.max_served:
-                self._served.popitem(last=False)
 
     @property
     def item_vectors(self) -> dict:
@@ -176,18 +200,32 @@ class Learner:
         if entry.gseq and entry.gseq <= self.base_gseq:
             return
         user = entry.stream or event.get("user") or ""
+        if event["type"] == FORGET_TYPE:
+            self.forget(user)
+            return
         before = self._count_event(user)
         item = event.get("item")
         if item is None or event["type"] in NOT_POSITIVE:
             return
         self.gseq = max(self.gseq, entry.gseq or 0)
         hist = self._history(user)
-        credited = self._credit_served(user, entry.seq, item)
-        if not credited and self._sampled(user, before):
-            self._feedback.append((user, item, tuple(hist), before))
-        self._learn(user, item, float(event["ts"]), hist)
-        if self._feedback and self._pending >= self.max_stale:
-            self.publish()
+        ts = float(event["ts"])
+        gap = self._gap(user, ts)
+        if self._sampled(user, before) and hist:
+            self._credit_event(user, item, hist, before, gap)
+        self._learn(user, item, ts, hist)
+        if self.observed == self.ease_first or (self.observed > self.ease_first and (
+                self.observed - self.ease_first) % self.ease_every == 0):
+            self.ease.refit(self.histories.values())
+        if self.observed % self.max_stale == 0:
+            self.marked = self.publish()
+
+    def forget(self, user: str) -> None:
+        """The user's `forget` tombstone (owner thread): drop what is kept per user (its
+        history, event count and timing). Aggregate counts learned from its events stay
+        until the models are rebuilt (``interest train``)."""
+        for table in (self.histories, self.user_events, self.user_times):
+            table.pop(user, None)
 
     def _count_event(self, user: str) -> int:
         n = self.user_events.get(user, 0)
@@ -196,6 +234,16 @@ class Learner:
         if len(self.user_events) > self.max_histories:
             self.user_events.popitem(last=False)
         return n
+
+    def _gap(self, user: str, ts: float) -> float | None:
+        """The gap between the user's last two positive events before this one; records it."""
+        times = self.user_times.get(user)
+        gap = times[1] - times[0] if times and times[0] is not None else None
+        self.user_times[user] = [times[1] if times else None, ts]
+        self.user_times.move_to_end(user)
+        if len(self.user_times) > self.max_histories:
+            self.user_times.popitem(last=False)
+        return gap
 
     def _history(self, user: str) -> list[str]:
         hist = self.histories.get(user)
@@ -218,40 +266,25 @@ class Learner:
         self.observed += 1
         self._pending += 1
 
-    def _credit_served(self, user: str, seq: int, item: str) -> bool:
-        with self._served_lock:
-            served = self._served.pop(user, None)
-        if served is None or served[0] >= seq:
-            return False
-        _version, segment, query, seen, use_llm = served
-        self._credit(user, segment, query, seen, item, use_llm)
-        self.credits["served"] += 1
-        return True
-
     def _sampled(self, user: str, before: int) -> bool:
         # a deterministic per-user offset spreads the sampled events over users, so cold
         # users (few events) are sampled as often as warm ones
         return (before + zlib.crc32(user.encode("utf-8"))) % self.feedback_every == 0
 
-    def _credit_feedback(self) -> None:
-        """Credit the queued sampled events (just after a publish)."""
-        while self._feedback:
-            user, item, hist, before = self._feedback.popleft()
-            q = Query(user=user, recent=list(hist), attrs=self.catalog.attrs.get(user))
-            self._credit(user, segment_of(before), q, self.models.positions(hist), item,
-                         self.use_llm)
-            self.credits["feedback"] += 1
-
-    def _credit(self, user: str, segment: str, q: Query, seen, item: str,
-                use_llm: bool) -> None:
-        """Score ``q`` with the latest snapshot; reward each source by the rank it gives
-        ``item`` among the items not in ``seen`` (positions)."""
-        raw = self.models.scored(q, None, use_llm).compact()
-        unseen = np.ones(len(self.index), dtype=bool)
-        unseen[seen] = False
-        rewards = rewards_of(raw, self.index.pos.get(item), unseen, self.fusion.reward_depth)
-        if rewards:
-            self.fusion.credit(user, segment, rewards)
+    def _credit_event(self, user: str, item: str, hist: list, before: int, gap) -> None:
+        """One fusion example, scored with the snapshot of the last mark."""
+        models = self.marked
+        q = Query(user=user, recent=list(hist), attrs=self.catalog.attrs.get(user),
+                  context=context_of(gap))
+        key = key_of(segment_of(before), q.context)
+        scored = models.scored(q, None, self.use_llm).fuse(self.fusion.weights(None, key))
+        rng = random.Random(zlib.crc32(f"{user}\x00{before}".encode("utf-8")))
+        pairs = pairs_of(scored, models.position(item), models.positions(hist), self.index.ids,
+                         self.negatives, self.hard, rng, self.depth)
+        self.credits["feedback"] += 1
+        if pairs:
+            self.fusion.credit(user, key, pairs)
+            self.credits["pairs"] += len(pairs)
 
     # -------------------------------------------------------- publishing
 
@@ -276,10 +309,9 @@ class Learner:
         self.publishes += 1
         self.models = Models(scorers, self.index, ctx.n, self._cat_pos, self.fusion,
                              self.catalog, self.params, use_llm=self.use_llm,
-                             served=self.served, version=self.publishes)
+                             version=self.publishes)
         self._pending = 0
         self._full = False
-        self._credit_feedback()
         self.publish_ms = 1000 * (time.perf_counter() - t0)
         return self.models
 
@@ -316,12 +348,10 @@ class Learner:
     # ------------------------------------------------------- persistence
 
     def to_dict(self) -> dict:
-        """Everything learned, with the fusion credit of every event it holds (so the
-        queued sampled feedback is credited first: a restart skips those events)."""
-        if self._feedback:
-            self.publish()
+        """Everything learned."""
         return {"format": MODEL_FORMAT, "gseq": self.gseq, "observed": self.observed,
                 "histories": self.histories, "user_events": self.user_events,
+                "user_times": self.user_times,
                 "sources": {s.name: s.to_dict() for s in self.sources},
                 "fusion": self.fusion.to_dict()}
 
@@ -334,11 +364,12 @@ class Learner:
                 source.load_dict(obj["sources"][source.name])
         self.histories = OrderedDict((u, list(h)) for u, h in obj["histories"].items())
         self.user_events = OrderedDict(obj.get("user_events") or {})
+        self.user_times = OrderedDict((u, list(t)) for u, t in obj["user_times"].items())
         self.fusion.load_dict(obj["fusion"])
         self.gseq = self.base_gseq = obj["gseq"]
         self.observed = obj["observed"]
         self._full = True
-        self.publish()
+        self.marked = self.publish()
 
     def dump(self) -> bytes:
         """The models and fusion weights, packed (owner thread)."""

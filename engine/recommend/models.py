@@ -9,13 +9,9 @@ changes: later learning goes into the next one.
 What a snapshot reads that is not its own:
 
 * the shared ``Fusion`` object (live weights, under Fusion's own small lock,
-  never the learner's), so credit from served lists shows at once;
+  never the learner's; learned from the journal alone, engine.recommend.learner);
 * the catalog's user attributes (a dict read) for the demographic source;
-* the append-only ``ItemIndex``, only at positions below its own ``n``;
-* ``served``: the learner's thread-safe ``Learner.served`` sink, called by
-  ``recommend`` with the query it scored (a short lock around a bounded
-  dict, never held while scoring); the learner credits the sources when the
-  user's next item arrives, re-scoring that query on its own thread.
+* the append-only ``ItemIndex``, only at positions below its own ``n``.
 
 Scoring: every source gives a dense float64 vector over item positions
 (``engine.recommend.scorers``); fusion divides each by its max, weights and
@@ -87,15 +83,15 @@ class Models:
     """One published snapshot. Build it with ``Learner.publish``, never by hand."""
 
     __slots__ = ("scorers", "names", "index", "n", "cat_pos", "fusion", "catalog", "params",
-                 "use_llm", "served", "version")
+                 "use_llm", "version")
 
     def __init__(self, scorers, index: ItemIndex, n: int, cat_pos: np.ndarray, fusion, catalog,
-                 params, *, use_llm: bool = True, served=None, version: int = 0):
+                 params, *, use_llm: bool = True, version: int = 0):
         self.scorers = tuple(scorers)
         self.names = tuple(s.name for s in self.scorers)
         self.index, self.n, self.cat_pos = index, n, cat_pos
         self.fusion, self.catalog, self.params = fusion, catalog, params
-        self.use_llm, self.served, self.version = use_llm, served, version
+        self.use_llm, self.version = use_llm, version
 
     # ------------------------------------------------------------ lookups
 
@@ -169,7 +165,7 @@ class Models:
 
     def recommend(self, state, *, k: int = 10, exclude_seen: bool = True,
                   candidates: list[str] | None = None, use_llm: bool | None = None,
-                  remember: bool = True) -> dict:
+                  fusion=None) -> dict:
         """The user's top ``k``: ``{"items": [{item, score, sources}], "strategy", "weights"}``.
 
         ``state``: the user's ``InterestState`` (``None``: unknown user), which must not
@@ -177,12 +173,12 @@ class Models:
         these (unknown ones score 0); otherwise rank everything the sources score and
         pad with catalog items at score 0.
 
-        ``remember``: hand the query to the learner (``served``): when the user's next
-        item arrives it credits the sources by the rank each gives that item for it.
+        ``fusion``: weights from this ``Fusion`` instead of the live one (an evaluation
+        of fixed prior weights).
         """
         use = self.use_llm if use_llm is None else use_llm
         q, segment = self.query(state, use)
-        weights = self.fusion.weights(q.user, segment)
+        weights = (fusion or self.fusion).weights(q.user, segment, q.context)
         scored = self.scored(q, self._extra(candidates), use).fuse(weights)
         seen = self.positions(state.seen) if state is not None else _NONE
         if candidates is not None:
@@ -193,8 +189,6 @@ class Models:
             best = [(i, ids[i])
                     for i in self._best(scored.total, k, seen if exclude_seen else _NONE)]
         items = scored.rows(best)
-        if remember and self.served is not None and q.user is not None and candidates is None:
-            self.served(q.user, state.version, segment, q, seen, use)
         return {"items": items, "strategy": segment, "weights": weights}
 
     def explain(self, state, item: str, *, use_llm: bool | None = None) -> dict:
@@ -205,7 +199,7 @@ class Models:
         """
         use = self.use_llm if use_llm is None else use_llm
         q, segment = self.query(state, use)
-        weights = self.fusion.weights(q.user, segment)
+        weights = self.fusion.weights(q.user, segment, q.context)
         scored = self.scored(q, self._extra([item]), use).fuse(weights)
         total = scored.total
         i = self.position(item)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from interest.engine.recommend.fusion import segment_of
+from interest.engine.recommend.fusion import context_of, segment_of
 
 #: event types that are not positive interactions with an item
 NOT_POSITIVE = frozenset({"skip", "dislike", "search"})
@@ -22,6 +22,7 @@ class Query:
     tags: list = field(default_factory=list)    # state.tag_weights rows
     attrs: dict | None = None
     profile: dict | None = None
+    context: str = "visit"  # fusion context (engine.recommend.fusion.context_of)
 
 
 def query_of(state, params, attrs: dict | None, use_llm: bool) -> tuple[Query, str]:
@@ -29,10 +30,12 @@ def query_of(state, params, attrs: dict | None, use_llm: bool) -> tuple[Query, s
     if state is None or state.events == 0:
         user = state.user if state is not None else None
         return Query(user=user, recent=[], attrs=attrs), "cold"
-    recent = [row[0] for row in state.recent if row[1] not in NOT_POSITIVE]
+    rows = [row for row in state.recent if row[1] not in NOT_POSITIVE]
+    recent = [row[0] for row in rows]
     tags = state.tag_weights(params) if state.tags else []
+    gap = float(rows[-1][2]) - float(rows[-2][2]) if len(rows) >= 2 else None
     q = Query(user=state.user, recent=recent, tags=tags, attrs=attrs,
-              profile=state.profile if use_llm else None)
+              profile=state.profile if use_llm else None, context=context_of(gap))
     return q, segment_of(state.events)
 
 

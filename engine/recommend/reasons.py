@@ -1,33 +1,51 @@
-"""A short, honest, natural-language reason for one recommended item.
+"""One short, honest, natural-language reason for one recommended item.
 
-Built only from the item's per-source contributions (``item_row["sources"]``:
-source name -> contribution to the fused score) and the user's state (recent
-items, tag weights). A source is mentioned only when its contribution is
-positive and among the item's top contributors (at least ``MIN_SHARE`` of the
-largest one, at most ``MAX_SOURCES`` of them), so the text never claims a
-signal the numbers do not show.
+Built from the item's per-source contributions (``item_row["sources"]``:
+source name -> contribution to the fused score), the user's state and, when
+given, the snapshot that scored it. A source is mentioned only when its
+contribution is positive and among the item's top contributors (at least
+``MIN_SHARE`` of the largest one, at most ``MAX_SOURCES`` of them, the
+strongest first), so the text never claims a signal the numbers do not show.
+
+What makes it specific to the item: for the sources that score from the
+user's own events (sequential, collaborative, ease, semantic) the reason names,
+by title, the event of the user most tied to this item among those that add
+most to its score under that source (``driver`` of its scorer, DRIVER_SHARE); for content, the item's own tags that
+the user is into; for popularity, the item's rank. Without the snapshot the
+reason falls back to the user's newest items.
 """
 
 from __future__ import annotations
 
-MIN_SHARE = 0.25
-MAX_SOURCES = 3
+from interest.engine.recommend.scorers import tied_of
+
+MIN_SHARE = 0.5
+MAX_SOURCES = 2
+#: the event named is, among the user's events that add at least this share of the most
+#: any adds to the item's score, the one most tied to the item itself (recency aside): the
+#: newest event adds most to nearly every item, and would be named ten times
+DRIVER_SHARE = 0.25
+#: at most this many events named per reason
+DRIVERS = 2
 #: source -> phrase family; tests look for these phrases
 PHRASES = {
     "sequential": "often comes next after",
     "collaborative": "liked by people who also",
+    "ease": "goes with",
     "content": "matches your interest in",
     "semantic": "close in meaning to",
     "popularity": "trending now",
     "demographic": "popular among users like you",
 }
+#: sources whose score comes from the user's own items (they have a driving event)
+DRIVEN = frozenset({"sequential", "collaborative", "ease", "semantic"})
 _VERBS = {"view": "watched", "click": "clicked", "cart": "added to cart",
           "purchase": "bought", "rate": "rated"}
 _NOT_POSITIVE = frozenset({"skip", "dislike", "search"})
 
 
 def reason_sources(item_row: dict) -> list[str]:
-    """The sources a reason may mention: positive and among the top contributors."""
+    """The sources a reason mentions: positive and among the top contributors."""
     sources = item_row.get("sources") or {}
     positive = [(v, name) for name, v in sources.items()
                 if isinstance(v, (int, float)) and v > 0]
@@ -61,15 +79,14 @@ def _recent(state, n: int = 2) -> list[tuple[str, str]]:
     return out
 
 
-def _verb(recent) -> str:
-    """The shared verb of the recent items ("watched"), else a neutral one."""
-    verbs = {_VERBS.get(etype, "chose") for _, etype in recent}
+def _verb(events) -> str:
+    """The shared verb of the events ("watched"), else a neutral one."""
+    verbs = {_VERBS.get(etype, "chose") for _, etype in events}
     return verbs.pop() if len(verbs) == 1 else "chose"
 
 
-def _items_phrase(catalog, recent) -> str:
-    names = [f'"{_title(catalog, item)}"' for item, _ in recent]
-    return " and ".join(names)
+def _items_phrase(catalog, events) -> str:
+    return " and ".join(f'"{_title(catalog, item)}"' for item, _ in events)
 
 
 def _shared_tags(item: str, catalog, state, n: int = 2) -> list[str]:
@@ -83,35 +100,66 @@ def _shared_tags(item: str, catalog, state, n: int = 2) -> list[str]:
     return [tag for w, tag in ranked if w > 0][:n]
 
 
-def reason(item_row: dict, catalog, state) -> str:
-    """E.g. 'liked by people who also watched "X" and "Y"; popular among users like you'."""
+def _driver(models, state, name: str, item: str) -> list[tuple[str, str]]:
+    """[(an event item of the user that drives ``item`` under source ``name``, its type)]:
+    the DRIVERS most tied to the item among the strong contributors (the one closest in
+    meaning for the semantic source)."""
+    if models is None or state is None or name not in models.names:
+        return []
+    scorer = models.scorer(name)
+    q, _ = models.query(state)
+    if hasattr(scorer, "contributions"):
+        found = [row[0] for row in tied_of(scorer.contributions(q, item), DRIVER_SHARE, DRIVERS)]
+    elif hasattr(scorer, "driver"):
+        hit = scorer.driver(q, item)
+        found = [hit[0]] if hit else []
+    else:
+        return []
+    types = {row[0]: row[1] for row in state.recent}
+    return [(a, types.get(a, "view")) for a in found]
+
+
+def _clause(name: str, item: str, catalog, state, models) -> str:
+    events = _driver(models, state, name, item) if name in DRIVEN else []
+    if name in DRIVEN and not events and name != "semantic":
+        events = _recent(state)
+    phrase = PHRASES.get(name)
+    if name == "sequential":
+        return (f"{phrase} you {_verb(events)} {_items_phrase(catalog, events)}" if events
+                else f"{phrase} your recent items")
+    if name == "collaborative":
+        return (f"{phrase} {_verb(events)} {_items_phrase(catalog, events)}" if events
+                else f"{phrase} chose what you chose")
+    if name == "ease":
+        return (f"{phrase} {_items_phrase(catalog, events)} in what you {_verb(events)}"
+                if events else f"{phrase} what you chose")
+    if name == "semantic":
+        return (f"{phrase} {_items_phrase(catalog, events)}" if events
+                else f"{phrase} your recent items and profile")
+    if name == "content":
+        tags = _shared_tags(item, catalog, state)
+        return f"{phrase} {' and '.join(tags)}" if tags else f"{phrase} its tags"
+    if name == "popularity" and models is not None:
+        rank = models.scorer(name).rank(models.position(item)) if name in models.names \
+            else None
+        return f"{phrase} (#{rank} of the most chosen lately)" if rank else phrase
+    return phrase or f"scored by {name}"
+
+
+def reason(item_row: dict, catalog, state, models=None) -> str:
+    """E.g. 'Often comes next after you rated "X" (Crime, Thriller); trending now (#4 ...)'.
+
+    ``models``: the snapshot that scored the row; with it, the event named is the one
+    that drives this item's score under the strongest source. The item's own tags that
+    the user is into follow the first clause (unless content, which names them, leads)."""
     item = item_row.get("item", "")
-    parts = []
-    recent = _recent(state)
-    for name in reason_sources(item_row):
-        if name == "sequential":
-            if recent:
-                verb = _verb(recent)
-                parts.append(f"{PHRASES[name]} you {verb} {_items_phrase(catalog, recent)}")
-            else:
-                parts.append(f"{PHRASES[name]} your recent items")
-        elif name == "collaborative":
-            if recent:
-                verb = _verb(recent)
-                parts.append(f"{PHRASES[name]} {verb} {_items_phrase(catalog, recent)}")
-            else:
-                parts.append(f"{PHRASES[name]} chose what you chose")
-        elif name == "content":
-            tags = _shared_tags(item, catalog, state)
-            parts.append(f"{PHRASES[name]} {' and '.join(tags)}" if tags
-                         else f"{PHRASES[name]} its tags")
-        elif name == "semantic":
-            parts.append(f"{PHRASES[name]} your recent items and profile")
-        elif name in PHRASES:
-            parts.append(PHRASES[name])
-        else:
-            parts.append(f"scored by {name}")
+    names = reason_sources(item_row)
+    parts = [_clause(name, item, catalog, state, models) for name in names]
     if not parts:
         return "no strong signal: shown to fill the list"
+    if names[0] != "content" and "content" not in names[1:]:
+        tags = _shared_tags(item, catalog, state)
+        if tags:
+            parts[0] += f" ({', '.join(tags)})"
     text = "; ".join(parts)
     return text[0].upper() + text[1:]

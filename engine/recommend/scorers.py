@@ -145,6 +145,29 @@ def _rows_of(pos: dict, extra: Extra | None) -> list | None:
     return [pos[item] for item in extra.items if item in pos]
 
 
+def driver_of(contributions: list, share: float | None = None) -> tuple[str, float] | None:
+    """(recent item, what it adds) of the one that adds most; with ``share``, of the one
+    most tied to the item itself (the contribution's third field) among those adding at
+    least ``share`` of the most. None when none adds anything."""
+    tied = tied_of(contributions, share, 1) if share is not None else None
+    rows = [row for row in contributions if row[1] > 0]
+    if not rows:
+        return None
+    top = tied[0] if tied else max(rows, key=lambda row: row[1])
+    return top[0], top[1]
+
+
+def tied_of(contributions: list, share: float, n: int) -> list[tuple[str, float, float]]:
+    """The ``n`` contributions (recent item, addition, tie) most tied to the item (ties by
+    id) among those adding at least ``share`` of the most."""
+    rows = [row for row in contributions if row[1] > 0]
+    if not rows:
+        return []
+    top = max(row[1] for row in rows)
+    strong = [row for row in rows if row[1] >= share * top]
+    return sorted(strong, key=lambda row: (-row[2], row[0]))[:n]
+
+
 # --------------------------------------------------------------- neighbours
 
 class Rows(NamedTuple):
@@ -175,10 +198,42 @@ class NeighbourScorer:
         return at, weights, rows
 
 
+    def _factor(self, i: int, r: float) -> float:
+        raise NotImplementedError
+
+    def contributions(self, q: Query, item: str) -> list[tuple[str, float, float]]:
+        """(recent item a, what it adds to ``item``'s score, how tied ``item`` is to a) for
+        each recent item whose list holds ``item``."""
+        b = self.pos.get(item)
+        if b is None or b >= self.n:
+            return []
+        out = []
+        for a, r in recency(q.recent, self.query_items, self.decay):
+            i = self.pos.get(a)
+            row = self.rows.rows[i] if i is not None and i < self.n else None
+            if row is None:
+                continue
+            hit = np.flatnonzero(row[0] == b)
+            if len(hit):
+                count = float(row[1][hit[0]])
+                out.append((a, self._factor(i, r) * count, self._tie(i, count)))
+        return out
+
+    def _tie(self, i: int, count: float) -> float:
+        """P(item | a): the share of a's list weight that goes to the item."""
+        return count / float(self.rows.totals[i])
+
+    def driver(self, q: Query, item: str, share: float | None = None):
+        return driver_of(self.contributions(q, item), share)
+
+
 class SequentialScorer(NeighbourScorer):
     """score(b) = sum over the last items a of recency(a) / total(a) * count(a -> b)."""
 
     name = "sequential"
+
+    def _factor(self, i: int, r: float) -> float:
+        return r / float(self.rows.totals[i])
 
     def vector(self, q: Query, extra: Extra | None = None) -> np.ndarray | None:
         at, weights, rows = self._rows(q)
@@ -199,6 +254,18 @@ class CollaborativeScorer(NeighbourScorer):
         super().__init__(rows, pos, n, query_items, decay)
         self.inv = inv_sqrt
 
+    def contributions(self, q: Query, item: str) -> list[tuple[str, float, float]]:
+        found = super().contributions(q, item)
+        inv = float(self.inv[self.pos[item]]) if found else 0.0
+        return [(a, add * inv, tie) for a, add, tie in found]
+
+    def _tie(self, i: int, count: float) -> float:
+        """P(item | a): co-occurrences over a's count."""
+        return count * float(self.inv[i]) ** 2
+
+    def _factor(self, i: int, r: float) -> float:
+        return r * float(self.inv[i])
+
     def vector(self, q: Query, extra: Extra | None = None) -> np.ndarray | None:
         at, weights, rows = self._rows(q)
         if not rows:
@@ -206,6 +273,51 @@ class CollaborativeScorer(NeighbourScorer):
         inv = self.inv
         idx, w = _concat(rows, [r * float(inv[i]) for i, r in zip(at, weights)])
         return _sum(idx, w * inv[idx], self.n)
+
+
+class EaseScorer:
+    """score(b) = sum over the last items a of recency(a) * B[a, b], its ``top_m`` best
+    positive entries (plus the extra items) kept."""
+
+    name = "ease"
+
+    def __init__(self, weights: np.ndarray, items: list, pos: np.ndarray, n: int,
+                 query_items: int, decay: float, top_m: int):
+        self.weights, self.items, self.pos, self.n = weights, items, pos, n
+        self.index = {item: j for j, item in enumerate(items)}
+        self.query_items, self.decay, self.top_m = query_items, decay, top_m
+
+    def _user(self, q: Query) -> tuple[list, list]:
+        at, w = [], []
+        for a, r in recency(q.recent, self.query_items, self.decay):
+            j = self.index.get(a)
+            if j is not None:
+                at.append(j)
+                w.append(r)
+        return at, w
+
+    def vector(self, q: Query, extra: Extra | None = None) -> np.ndarray | None:
+        at, w = self._user(q)
+        if not at:
+            return None
+        scores = np.zeros(len(self.items), dtype=np.float64)
+        for j, r in zip(at, w):                # in order, in float64: the reference's sums
+            scores += self.weights[j].astype(np.float64) * r
+        hit = _top_entries(scores, self.top_m, _rows_of(self.index, extra))
+        return None if hit is None else _scatter(self.n, self.pos[hit[0]], hit[1])
+
+    def contributions(self, q: Query, item: str) -> list[tuple[str, float, float]]:
+        """(recent item a, what it adds to ``item``'s score, B[a, item]), positive ones."""
+        j = self.index.get(item)
+        at, w = self._user(q)
+        if j is None:
+            return []
+        adds = [(self.items[a], r * float(self.weights[a, j]), float(self.weights[a, j]))
+                for a, r in zip(at, w)]
+        return [row for row in adds if row[1] > 0]
+
+    def driver(self, q: Query, item: str, share: float | None = None):
+        return driver_of(self.contributions(q, item), share)
 
 
 # ------------------------------------------------------------ tag matrices
@@ -297,6 +409,21 @@ class SemanticScorer:
                            _rows_of(self.tags.index, extra))
         return None if hit is None else _scatter(self.n, self.cat_pos[hit[0]], hit[1])
 
+    def driver(self, q: Query, item: str) -> tuple[str, float] | None:
+        """The recent item whose vector is closest to ``item``'s, and the cosine."""
+        index, matrix = self.vectors.index, self.vectors.matrix
+        j = index.get(item)
+        if j is None:
+            return None
+        best = None
+        for a, _ in recency(q.recent, self.centroid_items, 0.8):
+            i = index.get(a)
+            if i is not None:
+                cos = float(matrix[i] @ matrix[j])
+                if cos > 0 and (best is None or cos > best[1]):
+                    best = (a, cos)
+        return best
+
     def vector(self, q: Query, extra: Extra | None = None) -> np.ndarray | None:
         out = self._embedding_part(q, extra)
         tag = self._tag_part(q, extra)
@@ -359,6 +486,12 @@ class PopularityScorer:
 
     def vector(self, q: Query, extra: Extra | None = None) -> np.ndarray | None:
         return self.pool if extra is None else self._vector(extra)
+
+    def rank(self, item_pos: int | None) -> int | None:
+        """1 + the candidates more popular than the item at ``item_pos``; None when unscored."""
+        if item_pos is None or item_pos >= self.n or self.pop.scores[item_pos] <= 0:
+            return None
+        return 1 + int((self.pop.scores[self.pop.cand] > self.pop.scores[item_pos]).sum())
 
 
 class DemographicScorer:

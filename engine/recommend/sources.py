@@ -14,6 +14,9 @@ Sources:
   transitions within a small window, distance-decayed, learned per event).
 * ``collaborative`` item co-occurrence over each user's recent history,
   cosine-normalised, with bounded top-K neighbour lists kept on the write path.
+* ``ease``        EASE (Steck 2019): item-item weights in closed form over the
+  most active items, refit by the learner at event counts, scored from the
+  user's recent items.
 * ``content``     item tag vectors against the user's short- and long-term tags.
 * ``semantic``    language-model signals: item vectors (``set_vector``)
   against the model's summary embedding and the centroid of the user's recent
@@ -34,7 +37,7 @@ import numpy as np
 from interest.engine.recommend.popularity import Popularity
 from interest.engine.recommend.query import Query, age_bucket, segments_of  # noqa: F401 - re-exported
 from interest.engine.recommend.scorers import (CollaborativeScorer, ContentScorer, DemographicScorer,
-                                      Freeze, PopularityScorer, Rows, SemanticScorer,
+                                      EaseScorer, Freeze, PopularityScorer, Rows, SemanticScorer,
                                       SequentialScorer, TagTable, Vectors, frozen, grown,
                                       pop_arrays)
 
@@ -272,6 +275,98 @@ class Collaborative(Source):
         self.table = NeighbourTable.from_dict(obj["table"])
         self.counts = dict(obj["counts"])
         self.inv_sqrt = {b: 1.0 / math.sqrt(n) for b, n in self.counts.items()}
+
+
+# ---------------------------------------------------------------------- EASE
+
+def gram(baskets: list[np.ndarray], m: int, chunk: int = 4_000_000) -> np.ndarray:
+    """X^T X (float64, m x m) of the binary user x item matrix whose rows are ``baskets``
+    (arrays of distinct columns), counted in chunks of about ``chunk`` pairs."""
+    out = np.zeros(m * m, dtype=np.float64)
+    parts, size = [], 0
+    for cols in baskets:
+        parts.append((cols[:, None] * m + cols[None, :]).ravel())
+        size += len(parts[-1])
+        if size >= chunk:
+            out += np.bincount(np.concatenate(parts), minlength=m * m)
+            parts, size = [], 0
+    if parts:
+        out += np.bincount(np.concatenate(parts), minlength=m * m)
+    return out.reshape(m, m)
+
+
+def ease_weights(g: np.ndarray, l2: float) -> np.ndarray:
+    """EASE's closed form: P = (G + l2 I)^-1, B = -P / diag(P) by column, zero diagonal."""
+    g = g.copy()
+    g[np.diag_indices_from(g)] += l2
+    p = np.linalg.inv(g)
+    b = p / -np.diag(p)
+    b[np.diag_indices_from(b)] = 0.0
+    return b
+
+
+class Ease(Source):
+    """EASE over the ``max_items`` items in most users' histories (ties by id).
+
+    ``refit(histories)`` is called by the learner at event counts (so it is a function of
+    the journal); between refits the weights do not move and new items are not scored.
+    """
+
+    name = "ease"
+
+    def __init__(self, max_items: int = 2000, l2: float = 200.0, query_items: int = 50,
+                 decay: float = 1.0, top_m: int = 200):
+        self.max_items, self.l2 = max_items, l2
+        self.query_items, self.decay, self.top_m = query_items, decay, top_m
+        self.items: list[str] = []
+        self.weights = np.zeros((0, 0), dtype=np.float32)
+        self.fits = 0
+        self._changed = True
+
+    def refit(self, histories) -> None:
+        baskets = [list(dict.fromkeys(h)) for h in histories]
+        counts: dict[str, int] = {}
+        for basket in baskets:
+            for item in basket:
+                counts[item] = counts.get(item, 0) + 1
+        items = sorted(counts, key=lambda i: (-counts[i], i))[:self.max_items]
+        if len(items) < 2:
+            return
+        col = {item: j for j, item in enumerate(items)}
+        rows = [np.fromiter((col[i] for i in b if i in col), np.intp) for b in baskets]
+        b = ease_weights(gram([r for r in rows if len(r)], len(items)), self.l2)
+        self.items, self.weights = items, frozen(b.astype(np.float32))
+        self.fits += 1
+        self._changed = True
+
+    def item_sets(self) -> list:
+        return [self.items]
+
+    def freeze(self, ctx: Freeze, prev: EaseScorer | None) -> EaseScorer:
+        if prev is not None and not self._changed and prev.n == ctx.n:
+            return prev
+        if prev is not None and not self._changed:
+            pos = prev.pos
+        else:
+            pos = frozen(np.fromiter((ctx.index.pos[i] for i in self.items), np.intp,
+                                     len(self.items)))
+        self._changed = False
+        return EaseScorer(self.weights, self.items, pos, ctx.n, self.query_items, self.decay,
+                          self.top_m)
+
+    def stats(self) -> dict:
+        return {"items": len(self.items), "fits": self.fits}
+
+    def to_dict(self) -> dict:
+        return {"items": self.items, "weights": self.weights.tobytes(), "fits": self.fits}
+
+    def load_dict(self, obj: dict) -> None:
+        self.items = list(obj["items"])
+        m = len(self.items)
+        self.weights = frozen(np.frombuffer(obj["weights"], dtype=np.float32)
+                              .reshape(m, m).copy())
+        self.fits = obj["fits"]
+        self._changed = True
 
 
 # ------------------------------------------------------------ tag matrices
