@@ -131,5 +131,5 @@ def test_tools_take_the_key_options(secure_server, keys, tmp_path, capsys):
     addresses = ["--ingest", secure_server.ingest, "--api", secure_server.api, "--no-progress"]
     assert publish.main([str(events), *addresses, "--ack", *producer]) == 0
     assert json.loads(capsys.readouterr().out)["accepted"] == 3
-    assert publish.main([str(events), *addresses, *producer]) == 0      # PUSH: not confirmed
+    assert publish.main([str(events), *addresses, "--push", *producer]) == 0   # not confirmed
     assert "not confirmed" in capsys.readouterr().err

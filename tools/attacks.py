@@ -1,6 +1,6 @@
 """Issue 9's attacks, replayed against real `interest serve` processes.
 
-    python -m tools.attacks --out attacks.json [--markdown attacks.md] [--only a,b] [--keep]
+    python -m interest.tools.attacks --out attacks.json [--markdown attacks.md] [--only a,b] [--keep]
 
 Each attack starts its own service subprocess (its own temporary data
 directory and ipc:// sockets; inference off unless the attack is about the
@@ -1211,7 +1211,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.attacks", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m interest.tools.attacks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON file for the table")
     parser.add_argument("--markdown", help="also write the table as markdown here")

@@ -129,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     from interest.engine.serving.client import Client
     from interest.engine.config import load_config
     from interest.engine.serving.server import Server
-    parser = argparse.ArgumentParser(prog="interest bench recommend")
-    parser.add_argument("--data", default=str(movielens.DEFAULT_PATH))
+    parser = argparse.ArgumentParser(prog="interest bench recommend",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", default=str(movielens.DEFAULT_PATH), help="MovieLens-100K folder")
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured run")
     parser.add_argument("--preload", type=float, default=0.5, help="share of ratings before")
     parser.add_argument("--ingest-rate", type=float, default=2000.0, help="events per second")
-    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--k", type=int, default=10, help="items per recommend request")
     parser.add_argument("--sync", action="store_true", help="fsync commits (default off)")
     parser.add_argument("--config", help="service config overlaid on configs/default.toml")
     parser.add_argument("--max-rate", action="store_true",

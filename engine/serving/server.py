@@ -51,8 +51,9 @@ class Server:
             raise
         for address in (self.ingest, self.api):
             warn_if_exposed(address, self.auth is not None, logger)
-        logger.info("serving: ingest %s, api %s, data %s", self.ingest, self.api,
-                    self.service.data_dir)
+        # debug: `interest serve` logs the one start-up line (model, config file too)
+        logger.debug("serving: ingest %s, api %s, data %s", self.ingest, self.api,
+                     self.service.data_dir)
 
     @property
     def ingest(self) -> str:
