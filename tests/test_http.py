@@ -1,6 +1,7 @@
 """The HTTP side port (PROTOCOL.md, "HTTP side port"): a real Server on random ports with
-its HTTP side on 127.0.0.1:0, real HTTP requests (http.client, raw sockets), every route
-and every error status."""
+its HTTP side (uvicorn in a thread) on 127.0.0.1:0, real HTTP requests (http.client, raw
+sockets), every route and every error status, /metrics read back with prometheus_client's
+own parser, and the dashboard in a real headless chromium where one is installed."""
 
 from __future__ import annotations
 
@@ -8,20 +9,25 @@ import copy
 import http.client
 import json
 import logging
+import os
 import re
 import shutil
 import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from interest.engine.config import load_config
 from interest.engine.journal.events import parse_event
-from interest.engine.serving.http import (HttpConfigError, HttpSide, MetricFamilies, load_tokens,
-                                 metric_name, parse_address)
+from prometheus_client.parser import text_string_to_metric_families
+
+from interest.engine.serving.exporter import families as metric_families
+from interest.engine.serving.exporter import metric_name
+from interest.engine.serving.http import HttpConfigError, HttpSide, load_tokens, parse_address
 from interest.engine.serving.server import Server
 from tests.conftest import RANDOM_PORT, event, item_event, wait_for
 
@@ -272,19 +278,22 @@ def test_a_body_over_the_size_limit_is_400_and_never_read_whole(start):
     finally:
         sock.close()
     assert reply.startswith(b"HTTP/1.1 400") and b"limit is 4096" in reply
+    chunk = b"[" + b" " * 3000 + b"]"                   # chunked: counted as it comes
     sock = raw(srv, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    b"2\r\n[]\r\n0\r\n\r\n")
+                    + b"%x\r\n%s\r\n" % (len(chunk), chunk) * 2 + b"0\r\n\r\n")
     try:
         reply = read_all(sock)
     finally:
         sock.close()
-    assert reply.startswith(b"HTTP/1.1 400") and b"Content-Length" in reply
+    assert reply.startswith(b"HTTP/1.1 400") and b"the limit (limits.max_message_bytes)" in reply
+    status, reply_obj, _ = call(srv, "POST", "/v1/events", (x for x in [b"[]"]))   # chunked, small
+    assert status == 200 and reply_obj == {"accepted": 0, "duplicates": 0, "rejected": []}
     sock = raw(srv, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1e3\r\n\r\n[]")
     try:
         reply = read_all(sock)                          # answered, then closed
     finally:
         sock.close()
-    assert reply.startswith(b"HTTP/1.1 400") and b"Connection: close" in reply
+    assert reply.startswith(b"HTTP/1.1 400") and b"connection: close" in reply.lower()
 
 
 def test_unknown_routes_are_404_and_wrong_methods_405(shared):
@@ -295,7 +304,7 @@ def test_unknown_routes_are_404_and_wrong_methods_405(shared):
     _, head = error_of(srv, "GET", "/v1/events", 405, "bad_request")
     assert head["allow"] == "POST"
     _, head = error_of(srv, "POST", "/v1/users/u1/interests", 405, "bad_request", body=b"[]")
-    assert head["allow"] == "GET"
+    assert head["allow"] == "GET, HEAD"
     _, head = error_of(srv, "PUT", "/metrics", 405, "bad_request")
     assert head["allow"] == "GET, HEAD"
     error_of(srv, "GET", "/v1/users/u1", 405, "bad_request")
@@ -305,8 +314,10 @@ def test_unknown_routes_are_404_and_wrong_methods_405(shared):
     (b"BLAH\r\n\r\n", b"400"),
     (b"GET /healthz\r\n\r\n", b"400"),                           # HTTP/0.9
     (b"GET / HTTX/1.1\r\n\r\n", b"400"),
-    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
-    (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120))
+    (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000, b"431"),   # never ends
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1e3\r\n\r\n", b"400"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120))
      + b"\r\n", b"431"),
     (b"BREW /metrics HTTP/1.1\r\nHost: x\r\n\r\n", b"501"),
 ])
@@ -416,6 +427,26 @@ def test_a_slow_client_is_cut_off(start):
         idle.close()
 
 
+def test_a_client_that_does_not_read_its_answers_is_cut_off(start):
+    """Pipelined requests whose answers are never read fill the send buffer: after
+    read_timeout_s with a full buffer the connection is closed (it cannot hold a task)."""
+    srv = start(make_config(http={"read_timeout_s": 0.5}))
+    host, _, port = srv.http.bound.rpartition(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    try:
+        page = len(request(srv, "GET", "/dashboard")[2])
+        sock.sendall(b"GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)   # ~24 MB due
+        time.sleep(2.0)                                  # not reading
+        sock.settimeout(TIMEOUT)
+        received = len(read_all(sock))        # what the kernel buffered, then EOF (no timeout)
+    finally:
+        sock.close()
+    assert received < 2000 * page / 2
+    wait_for(lambda: srv.http.http_stats()["connections"] == 0, reason="the connection closed")
+
+
 def test_keep_alive_serves_several_requests_and_stop_closes_it(start):
     srv = start()
     host, _, port = srv.http.bound.rpartition(":")
@@ -425,6 +456,10 @@ def test_keep_alive_serves_several_requests_and_stop_closes_it(start):
             conn.request("GET", "/healthz")
             resp = conn.getresponse()
             assert resp.status == 200 and json.loads(resp.read())["status"] == "ok"
+        # Nagle off on the server's side, or each answer waits for a delayed ACK (40 ms)
+        (served,) = srv.http._server.server_state.connections
+        assert served.transport.get_extra_info("socket").getsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY)
         t0 = time.monotonic()
         srv.stop()
         assert time.monotonic() - t0 < 5
@@ -436,47 +471,54 @@ def test_keep_alive_serves_several_requests_and_stop_closes_it(start):
     srv.http.stop()                                       # idempotent
 
 
-# --------------------------------------------------------------------- metrics
+def test_stop_is_bounded_and_answers_what_still_waits(start, stalled_users):
+    """A request the service never answers does not hold stop() past its timeout: it is
+    answered 503 (unavailable) just before the port closes."""
+    srv = start(make_config(http={"request_timeout_s": 30.0}))
+    results = []
+    waiting = threading.Thread(target=lambda: results.append(
+        call(srv, "POST", "/v1/events", [event("a", item="m1")])))
+    waiting.start()
+    try:
+        wait_for(lambda: srv.http.http_stats()["in_progress"] == 1, reason="one in progress")
+        t0 = time.monotonic()
+        srv.http.stop(2.0)
+        assert time.monotonic() - t0 < 3.5
+        waiting.join(TIMEOUT)
+    finally:
+        stalled_users.set()
+    status, body, head = results[0]
+    assert status == 503 and body["error"]["code"] == "unavailable"
+    assert "stopping" in body["error"]["message"]
 
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|'
-                    r'\\[\\"n])*",?)*)\})? (-?[0-9.e+-]+|NaN|[+-]Inf)$')
-LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+# --------------------------------------------------------------------- metrics
 
 
 def parse_metrics(text: str) -> dict:
-    """{family: {"type", "help", "samples": {frozenset(labels): value}}}; asserts the
-    exposition format line by line (HELP then TYPE before a family's samples, each family
-    once, every sample in a declared family)."""
+    """{(sample name, frozenset(labels)): value} of an exposition, read by prometheus_client's
+    own parser, after checking its shape: it ends with a newline, every family has its
+    HELP and TYPE once, and no sample appears twice."""
     assert text.endswith("\n")
-    families: dict = {}
-    current = None
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            name, _, help_text = line[7:].partition(" ")
-            assert name not in families, f"family {name} twice"
-            families[name] = {"help": help_text, "type": None, "samples": {}}
-            current = name
-        elif line.startswith("# TYPE "):
-            name, _, kind = line[7:].partition(" ")
-            assert name == current and kind in ("counter", "gauge"), line
-            families[name]["type"] = kind
-        else:
-            match = SAMPLE.match(line)
-            assert match, f"not a sample line: {line!r}"
-            name, labels, value = match.groups()
-            assert name == current and families[name]["type"], line
-            if families[name]["type"] == "counter":
-                assert name.endswith("_total"), name
-            pairs = {k: re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], v)
-                     for k, v in LABEL.findall(labels or "")}
-            key = frozenset(pairs.items())
-            assert key not in families[name]["samples"], line
-            families[name]["samples"][key] = float(value)
-    return families
+    declared = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(declared) == len(set(declared)), "a family declared twice"
+    samples: dict = {}
+    for family in text_string_to_metric_families(text):
+        assert family.documentation, family.name
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in samples, f"sample {key} twice"
+            samples[key] = sample.value
+    return samples
 
 
-def value(families, name, /, **labels):
-    return families[name]["samples"][frozenset(labels.items())]
+def value(samples, name, /, **labels):
+    return samples[(name, frozenset(labels.items()))]
+
+
+def of_family(samples, name) -> dict:
+    """{frozenset(labels): value} of one sample name."""
+    return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
 def test_metrics_parse_back_and_agree_with_stats(srv):
@@ -484,58 +526,88 @@ def test_metrics_parse_back_and_agree_with_stats(srv):
     call(srv, "GET", "/v1/users/u1/recommendations?k=2")
     call(srv, "GET", "/v1/users/u1/interests")
     error_of(srv, "GET", "/v1/users/u1/recommendations?k=0", 400, "bad_request")
+    error_of(srv, "GET", "/v1/users/u1/explain?item=", 400, "bad_request")   # the service's
     wait_for(lambda: all(p["lag_events"] == 0
                          for p in srv.service.stats()["projections"].values()),
              reason="every projection caught up")
     status, head, data = request(srv, "GET", "/metrics")
     assert status == 200 and head["content-type"].startswith("text/plain; version=0.0.4")
-    families = parse_metrics(data.decode("utf-8"))
-    stats = srv.service.stats()
-    assert value(families, "interest_up") == 1 and value(families, "interest_ready") == 1
-    assert value(families, "interest_head") == stats["head"] == 6
-    assert value(families, "interest_live_actors") == stats["live_actors"]
-    assert value(families, "interest_dead_letters") == stats["dead_letters"]["total"]
-    assert value(families, "interest_writer_queue") == stats["writer"]["queue"]
-    assert value(families, "interest_writer_commits_total") == stats["writer"]["commits"]
-    assert value(families, "interest_rss_bytes") > 1e6
-    for name, counter in stats["counters"].items():
-        assert value(families, f"interest_{metric_name(name)}_total") == counter, name
-    assert value(families, "interest_received_total") == 6
-    for name, p in stats["projections"].items():
-        assert value(families, "interest_projection_position", projection=name) == p["position"]
-        assert value(families, "interest_projection_lag_events", projection=name) == 0
-        assert value(families, "interest_projection_lag_seconds", projection=name) == 0
-    assert families["interest_projection_lag_events"]["type"] == "gauge"
+    samples = parse_metrics(data.decode("utf-8"))
+    stats, counters = srv.service.stats(), srv.service.stats()["counters"]
+    assert value(samples, "interest_up") == 1 and value(samples, "interest_ready") == 1
+    assert value(samples, "interest_head") == stats["head"] == 6
+    assert value(samples, "interest_live_actors") == stats["live_actors"] == 2
+    assert value(samples, "interest_dead_letters") == stats["dead_letters"]["total"]
+    assert value(samples, "interest_writer_queue_jobs") == stats["writer"]["queue"]
+    assert value(samples, "interest_writer_commits_total") == stats["writer"]["commits"]
+    assert value(samples, "interest_rss_bytes") > 1e6
+    assert value(samples, "process_resident_memory_bytes") > 1e6    # prometheus_client's own
+    # ingest by outcome, requests and errors by op and code: the service's counters, renamed
+    assert value(samples, "interest_ingest_events_total", outcome="accepted") == 6
+    assert value(samples, "interest_ingest_events_total", outcome="duplicate") == 0
+    assert value(samples, "interest_ingest_events_total", outcome="rejected") == 0
+    assert value(samples, "interest_events_applied_total") == counters["applied"]
+    for op in ("ingest", "recommend", "interests"):
+        assert value(samples, "interest_api_requests_total", op=op) == counters[f"op.{op}"]
+    assert value(samples, "interest_api_errors_total", code="bad_request") == \
+        counters["error.bad_request"] >= 1
+    for name, counter in counters.items():
+        if name.startswith(("op.", "error.")) or name in ("received", "applied", "duplicates",
+                                                          "rejected"):
+            continue
+        assert value(samples, f"interest_{metric_name(name)}_total") == counter, name
+    # latency: histograms since start, percentiles of the last requests
+    histograms = srv.service.metrics.histograms()
+    assert {"recommend", "interests", "ingest"} <= set(histograms)
+    for op, h in histograms.items():
+        buckets = sorted(((float(dict(k)["le"]), v) for k, v in
+                          of_family(samples, "interest_api_request_duration_seconds_bucket")
+                          .items() if dict(k)["op"] == op))
+        counts = [v for _, v in buckets]
+        assert counts == sorted(counts) and buckets[-1] == (float("inf"), h["count"])
+        assert value(samples, "interest_api_request_duration_seconds_count", op=op) == h["count"]
+        assert value(samples, "interest_api_request_duration_seconds_sum", op=op) == \
+            pytest.approx(h["sum_s"])
     for op, lat in stats["latency"].items():
-        assert value(families, "interest_request_latency_seconds", op=op, quantile="0.99") == \
+        assert value(samples, "interest_api_latency_seconds", op=op, quantile="0.99") == \
             pytest.approx(lat["p99_ms"] / 1000)
-        assert value(families, "interest_request_latency_samples", op=op) == lat["n"]
-    assert {"recommend", "interests", "ingest"} <= {dict(k)["op"] for k in
-                                                   families["interest_request_latency_samples"]
-                                                   ["samples"]}
-    weights = stats["recommender"]["fusion"]["segments"]["cold"]
-    assert value(families, "interest_fusion_weight", segment="cold",
+    for name, p in stats["projections"].items():
+        assert value(samples, "interest_projection_position", projection=name) == p["position"]
+        assert value(samples, "interest_projection_lag_events", projection=name) == 0
+        assert value(samples, "interest_projection_lag_seconds", projection=name) == 0
+    segment, weights = next(iter(stats["recommender"]["fusion"]["segments"].items()))
+    assert value(samples, "interest_fusion_weight", segment=segment,
                  source="popularity") == weights["popularity"]
-    assert value(families, "interest_http_responses_total", status="400") >= 1
+    assert value(samples, "interest_model_available") == 0
+    assert value(samples, "interest_http_responses_total", status="400") >= 2
     status, head, data = request(srv, "HEAD", "/metrics")
     assert status == 200 and data == b""
 
 
-def test_label_values_and_help_are_escaped():
-    families = MetricFamilies()
+def test_metrics_speak_openmetrics_when_asked(shared):
+    status, head, data = request(shared, "GET", "/metrics",
+                                 headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert status == 200 and head["content-type"].startswith("application/openmetrics-text")
+    assert data.endswith(b"# EOF\n") and b"interest_up 1" in data
+
+
+def test_label_values_are_escaped_and_stray_names_never_break_the_exposition():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from interest.engine.serving.exporter import ServiceCollector
     tricky = 'a"b\\c\nd}e'
-    families.add("x_total", "counter", "help with \\ and\nnewline", 3, name=tricky)
-    families.add("x_total", "gauge", "a second type is ignored", 4, name="other")
-    families.add("y", "gauge", "none is skipped", None)
-    families.add("z", "gauge", "special values", float("nan"), v="nan")
-    families.add("z", "gauge", "", float("inf"), v="inf")
-    text = families.render()
-    assert "# HELP x_total help with \\\\ and\\nnewline" in text
-    parsed = parse_metrics(text)
-    assert value(parsed, "x_total", name=tricky) == 3 and len(parsed["x_total"]["samples"]) == 1
-    assert "y" not in parsed and text.count("\n# TYPE z gauge\n") == 1
-    assert "z{v=\"inf\"} +Inf" in text and "z{v=\"nan\"} NaN" in text
+    stats = {"head": 3, "writer": {"commits": 2},
+             "counters": {"9weird-name": 4, "writer_commits": 99, "op.recommend": 1},
+             "recommender": {"fusion": {"segments": {tricky: {"popularity": 0.5}}}},
+             "latency": {"recommend": {"n": 1, "p50_ms": 2.0, "p99_ms": float("nan")}}}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(lambda: {"stats": stats, "histograms": {}}))
+    samples = parse_metrics(generate_latest(registry).decode())
+    assert value(samples, "interest_fusion_weight", segment=tricky, source="popularity") == 0.5
+    assert value(samples, "interest__9weird_name_total") == 4
+    assert value(samples, "interest_writer_commits_total") == 2     # the writer's, not the stray
+    assert value(samples, "interest_api_requests_total", op="recommend") == 1
     assert metric_name("op.recommend") == "op_recommend" and metric_name("9x") == "_9x"
+    assert "interest_up" in {f.name for f in metric_families({}, {})}   # an empty stats is fine
 
 
 # ------------------------------------------------------------------- dashboard
@@ -550,13 +622,14 @@ def test_dashboard_is_one_self_contained_page(srv):
     for attr in re.findall(r'(?:src|href|action)\s*=\s*["\']?([^"\'\s>]*)', page, re.I):
         assert not re.match(r"([a-z][a-z0-9+.-]*:|//)", attr, re.I), attr
     assert "@import" not in page and "url(" not in page
-    assert 'fetch("metrics"' in page and "2000" in page         # relative, every 2 s
-    for shown in ("interest_received_total", "interest_request_latency_seconds",
+    assert 'fetch("metrics"' in page and "POLL_MS = 2000" in page    # relative, every 2 s
+    for shown in ("interest_ingest_events_total", "interest_api_latency_seconds",
                   "interest_projection_", "lag_events", "interest_live_actors",
-                  "interest_dead_letters"):
+                  "interest_dead_letters", "interest_fusion_weight", "interest_model_queue_depth",
+                  "interest_writer_queue_jobs"):
         assert shown in page
     assert "default-src 'none'" in head["content-security-policy"]
-    assert len(data) < 16384
+    assert len(data) < 32768
 
 
 NODE_HARNESS = r"""
@@ -576,10 +649,10 @@ setImmediate(() => setImmediate(() => console.log(JSON.stringify({elements, requ
 
 def test_dashboard_script_renders_the_metrics(srv, tmp_path):
     """The page's script, run by node against stub DOM and fetch, parses a real /metrics
-    answer and fills every panel (skipped where node is not installed: no browser here)."""
+    answer and fills every panel (the browser test below runs it in chromium)."""
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed: the dashboard script is not executed")
+        pytest.skip("node is not installed: the dashboard script is not executed by node")
     catalog_and_history(srv)
     call(srv, "GET", "/v1/users/u1/recommendations")
     page = request(srv, "GET", "/dashboard")[2].decode()
@@ -598,8 +671,75 @@ def test_dashboard_script_renders_the_metrics(srv, tmp_path):
     assert float(shown["rate"]) >= 0 and "<polyline" in shown["spark"]
     assert "<td>recommend</td>" in shown["latency"] and "<td>ingest</td>" in shown["latency"]
     assert all(f"<td>{p}</td>" in shown["lags"] for p in srv.service.runners)
-    assert "<th>popularity</th>" in shown["fusion"] and "<td>cold</td>" in shown["fusion"]
+    assert "<td>writer jobs</td>" in shown["queues"]
+    assert "popularity</td>" in shown["fusion"] and "<th>cold</th>" in shown["fusion"]
     assert shown["status"].startswith("ready") and shown["model"] == "off"
+    assert "<td>not loaded</td>" in shown["modeltable"]
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                  "--window-size=1280,1100", "--virtual-time-budget=7000")
+
+
+def chromium(tmp_path, *args) -> subprocess.CompletedProcess:
+    profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, timeout=90, check=False)
+
+
+def test_dashboard_in_a_headless_browser(srv, tmp_path):
+    """The page in a real browser (Debian's chromium, its own --headless): after a few
+    polls (virtual time) the DOM holds the live figures of /metrics, and a screenshot is
+    taken (kept under $INTEREST_SCREENSHOTS when set, for a person to look at)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium): the dashboard "
+                    "is not tested in a browser")
+    catalog_and_history(srv)
+    for _ in range(3):
+        call(srv, "GET", "/v1/users/u1/recommendations?k=2")
+    call(srv, "GET", "/v1/users/u1/interests")
+    stop = threading.Event()
+
+    def feed() -> None:                            # live ingest while the page polls
+        n = 0
+        while not stop.wait(0.05):
+            n += 1
+            srv.service.ingest_events([parse_event(event(f"live{n}", user=f"v{n % 5}",
+                                                         item="m1"), srv.service.limits)])
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        url = f"{srv.http.url}/dashboard"
+        dom = chromium(tmp_path, "--dump-dom", url)
+        shot = tmp_path / "dashboard.png"
+        picture = chromium(tmp_path, f"--screenshot={shot}", url)
+    finally:
+        stop.set()
+        feeder.join(TIMEOUT)
+    assert dom.returncode == 0, dom.stderr.decode(errors="replace")[-2000:]
+    html = dom.stdout.decode()
+
+    def text_of(element_id: str) -> str:
+        match = re.search(rf'id="{element_id}"[^>]*>(.*?)</(?:b|span|small|table|div)>', html,
+                          re.S)
+        assert match, f"no element {element_id} in the DOM"
+        return match.group(1)
+    assert text_of("status").startswith("ready"), text_of("status")
+    assert int(text_of("head")) >= 6 and int(text_of("actors")) >= 2
+    assert float(text_of("rate")) >= 0 and float(text_of("applied")) >= 0   # two polls at least
+    assert int(text_of("rss")) > 1 and text_of("model") == "off"
+    assert "<td>recommend</td>" in text_of("latency") and "<polyline" in text_of("spark")
+    assert all(f"<td>{p}</td>" in text_of("lags") for p in srv.service.runners)
+    assert "popularity</td>" in text_of("fusion") and "<th>warm</th>" in text_of("fusion")
+    assert picture.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 20000                            # not a blank page
+    keep = os.environ.get("INTEREST_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / "dashboard.png")
 
 
 # ---------------------------------------------------------------- authentication
@@ -711,3 +851,13 @@ def test_the_config_address_and_serve_flag_start_it(tmp_path):
         assert call(srv, "GET", "/healthz")[0] == 200
     finally:
         srv.stop()
+
+
+def test_the_http_benchmark_runs_small(capsys):
+    from interest.tools import bench_http
+    assert bench_http.main(["--requests", "5", "--users", "10", "--items", "10", "--events", "60",
+                            "--batch", "25"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["events"] == 70 and out["http_ingest_events_per_s"] > 0
+    for route in ("healthz", "metrics_scrape", "recommend_http", "recommend_zeromq"):
+        assert out[route]["n"] >= 1 and out[route]["p50_ms"] > 0
