@@ -154,7 +154,8 @@ class ProjectionsSection:
     max_lag_events: Count
     max_learner_lag_events: Count
     retry_after_ms: Size
-    learner: Annotated[str, OneOf(("thread", "process"))]
+    learner: Annotated[str, OneOf(("thread", "process", "global"))]
+    learner_absent_s: Positive
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,11 @@ class RecommendSection:
     feedback_every: Count
     max_histories: Count
     checkpoint_seconds: Positive
+    fusion_rate: NonNegative
+    fusion_shrink: Annotated[float, Range(0, 1)]
+    ease_items: Annotated[int, Range(2)]
+    ease_l2: Positive
+    ease_every: Count
 
 
 @dataclass(frozen=True)
@@ -193,8 +199,19 @@ class InferenceSection:
     temperature: NonNegative
     repeat_penalty: Positive
     vocab_limit: Size
+    max_in_flight: Count
+    prefill_chunk: Count
     cache_map_size_mb: Count
     cache_max_map_size_mb: Count
+    backend: Annotated[str, OneOf(("llama", "openai"))]
+    url: Text
+    model: str
+    embed_url: str
+    embed_model: str
+    constrain: Annotated[str, OneOf(("grammar", "response_format", "none"))]
+    api_key_env: str
+    connect_timeout_s: Positive
+    request_timeout_s: Positive
 
 
 @dataclass(frozen=True)
@@ -215,6 +232,21 @@ class HttpSection:
 
 
 @dataclass(frozen=True)
+class PartitionsSection:
+    count: Count
+    addresses: list[str]
+    request_timeout_ms: Positive
+    flush_timeout_ms: Positive
+    queue_events: Count
+    heartbeat_ms: Annotated[int, Range(100)]
+    stop_drain_s: NonNegative
+    start_timeout_s: Positive
+    restart_delay_s: Positive
+    server_key: str
+    client_key: str
+
+
+@dataclass(frozen=True)
 class Config:
     service: ServiceSection
     limits: LimitsSection
@@ -228,6 +260,7 @@ class Config:
     inference: InferenceSection
     security: SecuritySection
     http: HttpSection
+    partitions: PartitionsSection
 
 
 # -------------------------------------------------------------- checking
@@ -324,6 +357,9 @@ def _check_relations(config: dict) -> None:
     for key in ("server_secret_key", "clients_dir"):
         if security["curve"] and not security[key]:
             raise ConfigError(f"security.{key} is required when security.curve = true")
+    partitions = config["partitions"]
+    if bool(partitions["server_key"]) != bool(partitions["client_key"]):
+        raise ConfigError("partitions.server_key and partitions.client_key go together")
 
 
 def check_layer(layer: Any, source: str, complete: bool = False) -> dict:

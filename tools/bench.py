@@ -1,4 +1,4 @@
-"""`interest bench {ingest,inference,recommend,model}`: benchmarks that print one JSON object."""
+"""`interest bench {ingest,inference,recommend,model,profiles,learner,http,quality}`: benchmarks that print one JSON object."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ BENCHES = {
     "inference": "interest.tools.bench_inference",
     "recommend": "interest.tools.bench_recommend",
     "model": "interest.tools.bench_model",
+    "profiles": "interest.tools.bench_profiles",
+    "learner": "interest.tools.bench_learner",
+    "http": "interest.tools.bench_http",
+    "quality": "interest.tools.bench_quality",
 }
 
 

@@ -22,23 +22,26 @@ import logging
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 
 from interest.actors.messages import Query
-from interest.actors.profiles import ProfileScheduler
+from interest.actors.profiles import ProfileScheduler, llm_reason
 from interest.actors.projections import CatalogProjection, ProfileProjection, UserStateProjection
 from interest.actors.runtime import ActorDirectory, Dispatcher
-from interest.actors.user import UserActor, UserEnv
+from interest.actors.user import UserActor, UserEnv, interests_reply
 from interest.engine.errors import BadRequest, InterestError, Overloaded, Unavailable
 from interest.engine.journal.codec import CATALOG_STREAM
-from interest.engine.journal.events import CATALOG_TYPES, Event
+from interest.engine.journal.events import (CATALOG_TYPES, FORGET_TYPE, PROFILE_TYPE, Event,
+                                              ForgetEvent)
 from interest.engine.journal.store import APPENDED, Store, open_store
 from interest.engine.journal.writer import WriteJob, Writer
 from interest.engine.projections.catalog import Catalog
 from interest.engine.projections.learner import LearnerProjection
+from interest.engine.projections.global_link import GlobalModels
 from interest.engine.projections.learner_process import LearnerProcess
 from interest.engine.projections.log import CommittedLog
 from interest.engine.projections.runner import DeadLetters, ProjectionRunner
@@ -46,8 +49,8 @@ from interest.engine.projections.state import FoldParams
 from interest.engine.recommend import Recommender, model_path
 from interest.engine.serving.metrics import Metrics, op_key
 from interest.engine.serving.reader import Reader
-from interest.engine.serving.requests import (Explain, Flush, Ingest, Interests, Ping, Recommend, Request,
-                                     Stats, parse_batch, parse_request)
+from interest.engine.serving.requests import (Explain, Flush, Forget, Ingest, Interests, Ping, Recommend,
+                                     Request, Stats, parse_batch, parse_request)
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +109,13 @@ class Service:
         self.recommender = Recommender.from_config(self.catalog, self.params, self.config)
 
     def _build_learner(self) -> None:
-        """The model learner: a projection thread here, or a process of its own."""
-        if self.config["projections"]["learner"] == "process":
+        """The model learner: a projection thread here, a process of its own, or the one
+        learner of every partition (``global``: this partition only takes its snapshots)."""
+        if self.config["projections"]["learner"] == "global":
+            self.learner = GlobalModels(self.recommender, self.config, self.data_dir, self.log,
+                                        self.dead)
+            self.item_vectors = self.learner
+        elif self.config["projections"]["learner"] == "process":
             self.learner = LearnerProcess(self.recommender, self.config, self.data_dir, self.log,
                                           self.dead)
             self.item_vectors = self.learner
@@ -148,7 +156,7 @@ class Service:
         self.runners = {p.name: ProjectionRunner(p, self.log, self.dead, batch=cfg["batch"],
                                                  max_ahead=cfg["max_ahead"], checkpoint_s=every)
                         for p, every in projections}
-        if isinstance(self.learner, LearnerProcess):
+        if isinstance(self.learner, (LearnerProcess, GlobalModels)):
             self.runners["learner"] = self.learner.start()
         else:
             self.learner.catalog_at = self._catalog_at
@@ -200,7 +208,10 @@ class Service:
         cfg = self.config["projections"]
         if self.backlog() > cfg["max_lag_events"]:
             return True
-        return self.log.head - self.runners["learner"].position > cfg["max_learner_lag_events"]
+        learner = self.runners["learner"]
+        if not getattr(learner, "connected", True):
+            return False      # a global learner that is away catches up from the logs later
+        return self.log.head - learner.position > cfg["max_learner_lag_events"]
 
     def retry_after_ms(self) -> int:
         return int(self.config["projections"]["retry_after_ms"])
@@ -243,6 +254,8 @@ class Service:
                 reply({"version": PROTOCOL_VERSION, "uptime_s": time.time() - self.started_at})
             elif isinstance(request, Stats):
                 reply(self.stats())
+            elif isinstance(request, Forget):
+                self.forget(request.user, reply)
             else:
                 raise BadRequest(f"op {request.op!r} is not handled")
         except InterestError as exc:
@@ -252,7 +265,9 @@ class Service:
         if request.fresh and self.profiles is not None and self.store.last_seq(request.user):
             self.users.tell(request.user, Query("interests", request, reply))
             return
-        reply(self.reader.interests(request))
+        state = self.reader.state_of(request.user)
+        reply(interests_reply(state, self.params,
+                              reason=llm_reason(state, self.profiles, self.inference)))
 
     def _ingest(self, request: Ingest, reply) -> None:
         if self.busy():
@@ -269,6 +284,47 @@ class Service:
             reply({"accepted": len(results) - duplicates, "duplicates": duplicates,
                    "rejected": rejected})
         self.ingest_events(events, done)
+
+    def forget(self, user: str, reply: Callable[[Any], None]) -> None:
+        """Erase ``user`` (PROTOCOL.md, `forget`): commit the tombstone (the store erases
+        the user's journal, event ids, snapshot and attributes in that transaction),
+        wait until the required projections have applied it (the user's state is empty),
+        then drop what memory still holds: the actor, the model's cached results."""
+        event = ForgetEvent(id=f"forget-{uuid.uuid4().hex}", type=FORGET_TYPE, ts=time.time(),
+                            user=user)
+
+        def done(results):
+            if isinstance(results, InterestError):
+                reply(results)
+                return
+            self._forgotten(user, results[0].erased)
+            reply({"user": user, "forgotten": results[0].stored.event["forgotten"]})
+
+        def committed(results, head: int) -> None:
+            if not isinstance(results, InterestError) and results[0].erased:
+                self.log.erase({e.gseq for e in results[0].erased})   # memory, like the store
+            self._committed(results, head, done)
+
+        def commit() -> None:
+            self.writer.submit(WriteJob(events=[(user, event.to_wire())], done=committed))
+        self.metrics.add("forgets")
+        if self.profiles is not None:
+            self.profiles.forget(user, commit)
+        else:
+            commit()
+
+    def _forgotten(self, user: str, erased) -> None:
+        """The tombstone is applied: drop the user's actor (its last snapshot is the empty
+        state) and the model results cached for its profiles."""
+        self.users.drop(user)
+        inputs = {e.event.get("input_hash") for e in erased if e.event["type"] == PROFILE_TYPE}
+        inputs.discard(None)
+        if inputs and self.inference is not None and self.inference.available:
+            try:
+                self.inference.forget_results(sorted(inputs))
+            except Exception:  # noqa: BLE001 - the journal is erased; say what was left
+                logger.exception("could not erase %d cached model results of an erased user",
+                                 len(inputs))
 
     def backlog(self) -> int:
         """Events received and not yet applied by the user projection. Pending is read
@@ -302,7 +358,7 @@ class Service:
                        "pending_events": self.writer.pending_events()},
             "latency": self.metrics.latencies(),
             "recommender": (self.learner.recommender_stats()
-                            if isinstance(self.learner, LearnerProcess)
+                            if isinstance(self.learner, (LearnerProcess, GlobalModels))
                             else self.recommender.stats()),
             "threads": threading.active_count(),
             "last_gc_ms": round(self.last_gc_ms, 1),
@@ -345,7 +401,10 @@ class Service:
         if self.profiles is not None:
             self.profiles.stop()
         if self.inference is not None:
-            self.inference.stop(timeout)
+            try:
+                self.inference.stop(timeout)
+            except Exception:      # noqa: BLE001 - a stuck model must not keep the rest running
+                logger.exception("the model actor did not stop cleanly; stopping the rest")
         deadline = time.monotonic() + timeout
         for name in ("users", "catalog"):       # the learner may lag: it resumes at restart
             self.runners[name].drain(max(0.1, deadline - time.monotonic()))
