@@ -18,7 +18,7 @@ COMMANDS = {
     "export": ("interest.tools.export", "export every user's recommendations (JSON lines)"),
     "replay": ("interest.tools.replay", "check, export or re-publish the journal"),
     "query": ("interest.tools.query", "send one api request, print the JSON reply"),
-    "bench": ("interest.tools.bench", "benchmarks: ingest, inference, recommend"),
+    "bench": ("interest.tools.bench", "benchmarks: ingest, inference, recommend, model, profiles, ..."),
     "train": ("interest.tools.train", "build the collaborative model from a journal or dataset"),
     "eval": ("interest.tools.eval", "evaluate on MovieLens-100K (prequential and leave-one-out)"),
     "explain": ("interest.tools.explain_report", "explain a user's interests, optionally as HTML"),
