@@ -26,6 +26,8 @@ def test_publish_through_pull_then_flush_then_query(client, publisher):
     assert reply["events"] == 5 and reply["tags"][0]["tag"] == "Drama"
     recs = client.call("recommend", user="u1", k=5)
     assert [row["item"] for row in recs["items"]] == ["m2"]     # m1 is seen
+    assert list(recs["items"][0])[:2] == ["item", "title"]      # the title beside the item
+    assert recs["items"][0]["title"] == "Title m2"
 
 
 def test_ingest_op_is_read_your_writes(client):

@@ -282,7 +282,7 @@ def measure_calls_per_event(ctx: Context) -> dict[str, Any]:
             parsed, _ = parse_batch(events[start:start + 1000], config["limits"])
             service.ingest_events(parsed)
         done = threading.Event()
-        service.flush(done.set)
+        service.flush(lambda _applied: done.set())
         done.wait(600)
         profiles = service.profiles.stats()
         generated = inference.stats().get("generations", 0)

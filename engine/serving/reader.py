@@ -25,7 +25,7 @@ from interest.engine.errors import InterestError, NotFound
 from interest.engine.journal.store import Store
 from interest.engine.projections.catalog import Catalog
 from interest.engine.projections.state import FoldParams, InterestState
-from interest.engine.recommend.explain import explain_user
+from interest.engine.recommend.explain import explain_user, title_of
 from interest.engine.serving.requests import Explain, Interests, Recommend
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class Reader:
         state = self.state_of(request.user)
         reply = self.models().recommend(state, k=request.k, exclude_seen=request.exclude_seen,
                                         candidates=candidates)
+        reply["items"] = [{"item": row["item"], "title": title_of(self.catalog, row["item"]),
+                           **row} for row in reply["items"]]
         out = {"user": request.user, **reply}
         if unknown:
             out["unknown_candidates"] = unknown     # not in the catalog: not ranked
