@@ -167,6 +167,7 @@ class RecommendSection:
     checkpoint_seconds: Positive
     fusion_rate: NonNegative
     fusion_shrink: Annotated[float, Range(0, 1)]
+    ease: bool
     ease_items: Annotated[int, Range(2)]
     ease_l2: Positive
     ease_every: Count

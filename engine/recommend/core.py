@@ -40,7 +40,7 @@ class Recommender:
     def __init__(self, catalog, params, popularity_half_life_s: float = 604800.0, **options):
         """``options``: those of ``Learner`` (use_llm, history, weights, adapt,
         feedback_every, max_histories, max_stale, negatives, hard, fusion_rate,
-        fusion_shrink, ease_items, ease_l2, ease_first, ease_every)."""
+        fusion_shrink, ease, ease_items, ease_l2, ease_first, ease_every)."""
         self.learner = Learner(catalog, params, popularity_half_life_s, **options)
         self._lock = threading.RLock()
         #: evaluation hook: {name: {"use_llm": bool}}; each recommend also ranks
@@ -64,7 +64,7 @@ class Recommender:
                    feedback_every=rec["feedback_every"], max_histories=rec["max_histories"],
                    fusion_rate=rec["fusion_rate"], fusion_shrink=rec["fusion_shrink"],
                    ease_items=rec["ease_items"], ease_l2=rec["ease_l2"],
-                   ease_every=rec["ease_every"])
+                   ease_every=rec["ease_every"], ease=rec["ease"])
 
     # ------------------------------------------------------------ hooks
 

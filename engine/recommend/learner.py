@@ -121,7 +121,7 @@ class Learner:
     ``max_stale``: every this many learned events the queued fusion examples are
     credited (``observe`` publishes first). ``negatives``/``hard``: negatives per
     example, of which the best ranked. ``ease_first``/``ease_every``: event counts at
-    which EASE is refit.
+    which EASE is refit; ``ease=False`` never fits it (the default config's choice).
     """
 
     def __init__(self, catalog, params, popularity_half_life_s: float = 604800.0, *,
@@ -131,7 +131,7 @@ class Learner:
                  depth: int | None = None,
                  fusion_rate: float = 0.03, fusion_shrink: float = 0.01,
                  ease_items: int = 2000, ease_l2: float = 200.0, ease_first: int = 1000,
-                 ease_every: int = 20_000):
+                 ease_every: int = 20_000, ease: bool = True):
         self.catalog = catalog
         self.params = params
         self.use_llm = use_llm
@@ -144,6 +144,7 @@ class Learner:
         self.collaborative = Collaborative()
         self.ease = Ease(ease_items, ease_l2)
         self.ease_first, self.ease_every = max(1, ease_first), max(1, ease_every)
+        self.ease_on = ease        # off: never fit, so the source scores nothing
         self.content = Content()
         self.semantic = Semantic()
         self.popularity_source = PopularitySource(popularity_half_life_s)
@@ -214,8 +215,9 @@ class Learner:
         if self._sampled(user, before) and hist:
             self._credit_event(user, item, hist, before, gap)
         self._learn(user, item, ts, hist)
-        if self.observed == self.ease_first or (self.observed > self.ease_first and (
-                self.observed - self.ease_first) % self.ease_every == 0):
+        if self.ease_on and (self.observed == self.ease_first or (
+                self.observed > self.ease_first
+                and (self.observed - self.ease_first) % self.ease_every == 0)):
             self.ease.refit(self.histories.values())
         if self.observed % self.max_stale == 0:
             self.marked = self.publish()
