@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import threading
 
-import numpy as np
 import pytest
 
 from interest.engine.config import load_config
@@ -16,7 +15,6 @@ from interest.engine.projections.catalog import Catalog
 from interest.engine.projections.state import FoldParams, InterestState
 from interest.engine.recommend import Learner, Recommender
 from interest.engine.recommend.learner import pairs_of
-from interest.engine.recommend.models import Scored
 from tests.reference_sources import (ref_explain, ref_pairs, ref_recommend, ref_scores,
                                      score_dict)
 

@@ -46,7 +46,7 @@ from interest.engine.partitions.fanout import combine_flush, combine_ping, combi
 from interest.engine.partitions.layout import partition_of
 from interest.engine.partitions.links import Chunk, Link, Marker
 from interest.engine.partitions.split import by_partition, combine_ingest, ingest_parts, is_catalog
-from interest.engine.serving.loops import SocketThread
+from interest.engine.serving.loops import SocketThread, drain_requests
 from interest.engine.serving.metrics import Metrics, op_key
 from interest.engine.serving.requests import (Flush, Ingest, Ping, Stats, UserRequest,
                                               check_batch_size, parse_request)
@@ -356,17 +356,8 @@ class Router(SocketThread):
         self._inflight -= 1
         self._inflight_bytes -= reply.size
 
-    def _drain_api(self, budget: int = 256) -> None:
-        for _ in range(budget):
-            try:
-                frames = self._api.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                self._request(frames)
-            except Exception:  # noqa: BLE001 - one request never stops the router
-                self.metrics.add("internal_errors")
-                logger.exception("a request escaped handling; it was not answered")
+    def _drain_api(self) -> None:
+        drain_requests(self._api, self._request, self.metrics, logger)
 
     def _request(self, frames: list) -> None:
         envelope, frame = [f.bytes for f in frames[:-1]], frames[-1]

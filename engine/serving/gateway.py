@@ -34,7 +34,7 @@ import zmq
 from interest.engine.errors import BadRequest, DeadlineExceeded, InterestError, Overloaded
 from interest.engine.journal.codec import decode_frame, encode_frame
 from interest.engine.logs import RateLimitedLog
-from interest.engine.serving.loops import SocketThread
+from interest.engine.serving.loops import SocketThread, drain_requests
 from interest.engine.serving.metrics import op_key
 from interest.engine.serving.requests import Flush, Interests, Recommend, Request, parse_request
 
@@ -207,17 +207,8 @@ class Gateway(SocketThread):
                 raise
             self.service.metrics.add("replies_undeliverable")    # the client has gone
 
-    def _drain_api(self, budget: int = 256) -> None:
-        for _ in range(budget):
-            try:
-                frames = self._api.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                self._request(frames)
-            except Exception:  # noqa: BLE001 - one request never stops the gateway
-                self.service.metrics.add("internal_errors")
-                logger.exception("a request escaped handling; it was not answered")
+    def _drain_api(self) -> None:
+        drain_requests(self._api, self._request, self.service.metrics, logger)
 
     def _request(self, frames: list) -> None:
         envelope, frame = [f.bytes for f in frames[:-1]], frames[-1]

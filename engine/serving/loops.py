@@ -8,7 +8,10 @@ raised (an address in use, a bad address), so a service never runs half-bound.
 
 from __future__ import annotations
 
+import logging
 import threading
+
+import zmq
 
 
 class SocketThread:
@@ -45,3 +48,20 @@ class SocketThread:
 
     def _loop(self) -> None:
         raise NotImplementedError
+
+
+def drain_requests(sock: zmq.Socket, handle, metrics, log: logging.Logger,
+                   budget: int = 256) -> None:
+    """Hand up to ``budget`` waiting messages of ``sock`` to ``handle`` without blocking.
+    One that escapes ``handle`` is counted (``internal_errors``) and logged: one request
+    never stops a socket loop."""
+    for _ in range(budget):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            handle(frames)
+        except Exception:  # noqa: BLE001 - one request never stops the loop
+            metrics.add("internal_errors")
+            log.exception("a request escaped handling; it was not answered")
