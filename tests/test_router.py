@@ -120,7 +120,13 @@ def test_kill_9_of_one_partition_under_acknowledged_ingest(service):
             assert time.monotonic() - started < 2.0     # answered by the router, not timed out
             assert client.call("interests", user=alive[0])["events"] == acked[alive[0]]
         assert unavailable["alive"] == 0 and unavailable["dead"] >= 5
-        wait_for(lambda: _all_up(client), timeout=60, reason="partition 1 to be started again")
+        try:
+            wait_for(lambda: _all_up(client), timeout=60, reason="partition 1 to be started again")
+        except pytest.fail.Exception:      # say what the process tree looked like
+            tree = [(c.pid, c.status(), c.cmdline()[3:7]) for c in
+                    psutil.Process(proc.pid).children(recursive=True)]
+            pytest.fail(f"partition 1 not back within 60 s; killed pid {victim}; supervisor "
+                        f"{proc.pid} alive: {proc.poll() is None}; its processes: {tree}")
         assert partition_pid(proc, 1) != victim
         for _ in range(3):
             ingest_round(client)
