@@ -101,11 +101,7 @@ def run_mode(mode: str, args, workdir: Path) -> dict:
         sampler.join(5)
         heads = [c.call("stats")["head"] for c in clients]
     finally:
-        for pub in pubs:
-            pub.close(linger_ms=0)
-        for client in clients:
-            client.close()
-        _stop(procs)
+        _stop(procs, pubs, clients)
     events = [e for e, _ in samples]
     seconds = [s for _, s in samples if s is not None]
     return {"mode": mode, "events_sent": sent, "heads": heads, "samples": len(samples),
@@ -151,11 +147,7 @@ def catch_up(args, workdir: Path) -> dict:
             time.sleep(0.05)
         seconds = time.monotonic() - t0
     finally:
-        for pub in pubs:
-            pub.close(linger_ms=0)
-        for client in clients:
-            client.close()
-        _stop(procs)
+        _stop(procs, pubs, clients)
     return {"backlog_events": sum(heads), "learner_start_to_caught_up_s": round(seconds, 2),
             "learned_events_per_s": round(sum(heads) / seconds)}
 
@@ -170,7 +162,12 @@ def _publish_batch(pubs: list, events) -> int:
     return len(batch)
 
 
-def _stop(procs: list) -> None:
+def _stop(procs: list, pubs: list = (), clients: list = ()) -> None:
+    """Close the publishers and clients, then stop the processes (SIGTERM, then kill)."""
+    for pub in pubs:
+        pub.close(linger_ms=0)
+    for client in clients:
+        client.close()
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     for proc in procs:
