@@ -23,7 +23,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,12 +32,7 @@ import time
 from pathlib import Path
 
 from interest.engine.partitions.layout import ensure_layout, partition_dir, partition_of
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from interest.tools.options import free_port
 
 
 def workload(n_users: int, n_items: int, seed: int = 1):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,12 +28,7 @@ import psutil
 from interest.engine.errors import InterestError
 from interest.engine.serving.client import Client
 from interest.tools.bench_ingest import _publisher, catalog_events
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from interest.tools.options import free_port
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -82,7 +76,7 @@ def served(args, partitions: int):
     stopped with SIGTERM at the end."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ingest, api = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+        ingest, api = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
         argv = [sys.executable, "-m", "interest.tools.cli", "serve", "--data", str(tmp / "data"),
                 "--config", str(_config_file(tmp, args)), "--ingest", ingest, "--api", api,
                 "--partitions", str(partitions), "--log-level", "WARNING"]

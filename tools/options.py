@@ -11,6 +11,7 @@ Exit codes (documented in `interest --help` and the README):
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 from interest.engine.serving.auth import AuthConfigError
@@ -142,3 +143,10 @@ class InputError(ValueError):
 def fail(prog: str, message: str, code: int) -> int:
     print(f"{prog}: {message}", file=sys.stderr)
     return code
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago (benchmarks, attacks)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
