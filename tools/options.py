@@ -11,6 +11,7 @@ Exit codes (documented in `interest --help` and the README):
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 
@@ -134,6 +135,9 @@ def run(prog: str, body) -> int:
         return fail(prog, str(exc), USAGE)
     except KeyboardInterrupt:
         return fail(prog, "interrupted", 130)
+    except BrokenPipeError:        # the reader of our output went away (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return FAILED
 
 
 class InputError(ValueError):
