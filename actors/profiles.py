@@ -38,6 +38,7 @@ on that user's actor.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import logging
@@ -111,6 +112,7 @@ class ProfileScheduler:
         self._waiting: set[str] = set()
         self._ready: dict[str, tuple] = {}      # user -> its live heap key
         self._heap: list = []                   # (-newest ts, seq, user), stale keys skipped
+        self._order: list = []                  # the live keys, sorted: a user's queue position
         self._running: set[str] = set()
         self._again: set[str] = set()           # new events while running
         self._failed: dict[str, str] = {}       # user -> why the last refresh failed
@@ -180,11 +182,19 @@ class ProfileScheduler:
     def _queue(self, user: str) -> None:
         """(lock held) Put ``user`` in the ready heap under their newest stream time."""
         key = (-self._newest.get(user, float("-inf")), next(self._seq), user)
+        old = self._ready.get(user)
+        if old is not None:
+            self._unorder(old)
         self._ready[user] = key
+        bisect.insort(self._order, key)
         heapq.heappush(self._heap, key)
         if len(self._heap) > 4 * len(self._ready) + 64:     # mostly superseded keys
             self._heap = list(self._ready.values())
             heapq.heapify(self._heap)
+
+    def _unorder(self, key: tuple) -> None:
+        """(lock held) Drop ``key`` from the sorted live keys."""
+        del self._order[bisect.bisect_left(self._order, key)]
 
     def _make_ready(self, user: str) -> None:
         with self._cond:
@@ -215,6 +225,7 @@ class ProfileScheduler:
                 if self._ready.get(user) != key:
                     continue                       # superseded by a newer key
                 del self._ready[user]
+                self._unorder(key)
                 self._running.add(user)
                 start.append(user)
         for user in start:
@@ -399,7 +410,7 @@ class ProfileScheduler:
                 return "model busy: refresh running"
             if user in self._ready:
                 key = self._ready[user]
-                ahead = sum(1 for k in self._ready.values() if k < key)
+                ahead = bisect.bisect_left(self._order, key)     # O(log n): a read path
                 return (f"model busy: queued at position {ahead + 1} of {len(self._ready)} "
                         f"({len(self._running)} running)")
             if user in self._waiting:
