@@ -76,6 +76,17 @@ def partition_pid(proc: subprocess.Popen, index: int) -> int:
     pytest.fail(f"no process for partition {index}")
 
 
+def process_tree(pid: int) -> list[tuple]:
+    """(pid, status, arguments) of every process under ``pid``, zombies included."""
+    tree = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            tree.append((child.pid, child.status(), child.cmdline()[3:7]))
+        except psutil.Error as exc:
+            tree.append((child.pid, type(exc).__name__))
+    return tree
+
+
 @pytest.mark.integration
 def test_kill_9_of_one_partition_under_acknowledged_ingest(service):
     proc, api, data = service
@@ -123,8 +134,9 @@ def test_kill_9_of_one_partition_under_acknowledged_ingest(service):
         try:
             wait_for(lambda: _all_up(client), timeout=60, reason="partition 1 to be started again")
         except pytest.fail.Exception:      # say what the process tree looked like
-            tree = [(c.pid, c.status(), c.cmdline()[3:7]) for c in
-                    psutil.Process(proc.pid).children(recursive=True)]
+            tree = process_tree(proc.pid)
+            os.kill(proc.pid, signal.SIGUSR1)      # its threads' stacks, to the captured stderr
+            time.sleep(1.0)
             pytest.fail(f"partition 1 not back within 60 s; killed pid {victim}; supervisor "
                         f"{proc.pid} alive: {proc.poll() is None}; its processes: {tree}")
         assert partition_pid(proc, 1) != victim

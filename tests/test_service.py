@@ -58,11 +58,21 @@ def catalog_and_history(service):
                                             event("c", user="u2", item="m1")])
 
 
+def models_caught_up(service: Service, timeout: float = 10.0) -> None:
+    """Wait until every projection, the model learner included, has applied everything
+    committed so far. An ingest reply guarantees only the user state and the catalog
+    (read-your-writes); the models that score candidates follow a moment later."""
+    done = threading.Event()
+    service.flush(lambda _ok: done.set(), projections=tuple(service.runners))
+    assert done.wait(timeout), "the projections did not catch up"
+
+
 def test_every_op_in_process(config, make_service):
     service = make_service(config)
     assert ok(service, op="ping")["version"] == 1
     assert catalog_and_history(service) == {"accepted": 3, "duplicates": 0, "rejected": []}
     assert ok(service, op="interests", user="u1")["events"] == 2
+    models_caught_up(service)
     rec = ok(service, op="recommend", user="u1", k=5)
     assert [row["item"] for row in rec["items"]] == ["m2"]       # seen items are excluded
     assert all(abs(row["score"] - sum(row["sources"].values())) < 1e-9 for row in rec["items"])

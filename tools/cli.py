@@ -3,12 +3,18 @@
 Each tool lives in its own module with ``main(argv) -> int``; this file only
 routes to it, importing lazily so `interest query` does not load the model.
 A new tool is one line in COMMANDS: name -> (module, one-line help).
+
+``kill -USR1 PID`` makes any `interest` process print every thread's stack to
+its stderr and go on (Python's faulthandler): the first look at a process that
+seems stuck.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import importlib.util
+import signal
 import sys
 
 COMMANDS = {
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interest: unknown command {argv[0]!r}; the commands: {names} "
               "(`interest --help` says what each does)", file=sys.stderr)
         return 2
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     module = importlib.import_module(entry[0])
     return module.main(argv[1:]) or 0
 

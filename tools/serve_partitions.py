@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import time
 from pathlib import Path
 
 import zmq
@@ -95,8 +94,7 @@ def run_cluster(config: dict, data_dir, count: int, args, signalled: list, faile
                                      "api": cluster.api, "data": str(data_dir),
                                      "partitions": count})
     while not signalled and not stop.is_set():
-        cluster.supervise()
-        time.sleep(0.2)
+        cluster.supervise(timeout=0.2)
     if failed:
         log.error("stopping after a fatal error: %s", failed[0])
     cluster.stop()

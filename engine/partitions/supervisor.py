@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,44 +66,67 @@ def die_with_parent() -> None:
 
 
 class Child:
-    """One supervised process, started again after it exits."""
+    """One supervised process, started again after it exits.
 
-    def __init__(self, name: str, argv: list[str], delay_s: float):
+    A watcher thread per run waits on the process: it reaps it the moment it ends
+    (no zombie is left for the supervisor's loop to find) and logs the exit; the
+    supervisor's loop (``check``) starts it again once the delay has passed.
+    """
+
+    def __init__(self, name: str, argv: list[str], delay_s: float,
+                 wake: threading.Event | None = None):
         self.name, self.argv = name, argv
         self.first_delay = self.delay = delay_s
+        self.wake = wake or threading.Event()
         self.proc: subprocess.Popen | None = None
         self.started = 0.0
+        self.exit_code: int | None = None     # set by the watcher thread
         self.restart_at: float | None = None
         self.restarts = 0
 
     def start(self) -> None:
+        self.exit_code = None
         self.proc = subprocess.Popen(self.argv, start_new_session=True,
                                      env={**os.environ, SUPERVISOR_ENV: str(os.getpid())})
         self.started = time.monotonic()
         self.restart_at = None
+        threading.Thread(target=self._watch, args=(self.proc,), daemon=True,
+                         name=f"watch {self.name}").start()
         logger.info("started %s (pid %d)", self.name, self.proc.pid)
+
+    def _watch(self, proc: subprocess.Popen) -> None:
+        """Watcher thread: wait for ``proc`` to end, then wake the supervisor's loop."""
+        code = proc.wait()
+        logger.warning("%s (pid %d) exited with %s", self.name, proc.pid, code)
+        if proc is self.proc:
+            self.exit_code = code
+            self.wake.set()
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+        return self.proc.pid if self.proc is not None and self.exit_code is None else None
 
     def check(self) -> None:
-        """Start again a child that exited, once its delay has passed."""
+        """Supervisor's thread: start again a child that exited, once its delay has passed."""
         now = time.monotonic()
         if self.restart_at is not None:
             if now >= self.restart_at:
                 self.restarts += 1
                 self.start()
             return
-        code = self.proc.poll()
-        if code is None:
+        if self.exit_code is None:
             return
         if now - self.started >= STEADY_S:
             self.delay = self.first_delay
-        logger.warning("%s exited with %s; starting it again in %.1f s", self.name, code,
-                       self.delay)
+        logger.warning("starting %s again in %.1f s", self.name, self.delay)
         self.restart_at = now + self.delay
         self.delay = min(MAX_DELAY_S, self.delay * 2)
+
+    def next_check(self) -> float | None:
+        """Seconds until ``check`` has something to do (None: nothing planned)."""
+        if self.restart_at is not None:
+            return max(0.0, self.restart_at - time.monotonic())
+        return 0.0 if self.exit_code is not None else None
 
     def terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -136,6 +160,7 @@ class Cluster:
         self.global_learner = global_learner
         self.on_fatal = on_fatal
         self.children: list[Child] = []
+        self.wake = threading.Event()         # set when a child exits
         self.router: Router | None = None
         self.auth = None
         self.context: zmq.Context | None = None
@@ -164,7 +189,7 @@ class Cluster:
     def _start_children(self) -> None:
         if self.global_learner:
             self.children.append(Child("the learner", self._command(
-                ["learner", "--data", str(self.data_dir)]), self.cfg["restart_delay_s"]))
+                ["learner", "--data", str(self.data_dir)]), self.cfg["restart_delay_s"], self.wake))
         for i in range(self.n):
             argv = ["serve", "--partition", str(i), "--of", str(self.n),
                     "--data", str(self.data_dir), "--api", self.partition_api(i),
@@ -172,7 +197,7 @@ class Cluster:
             if self.global_learner:
                 argv += ["--learner", "global"]
             self.children.append(Child(f"partition {i}", self._command(argv),
-                                       self.cfg["restart_delay_s"]))
+                                       self.cfg["restart_delay_s"], self.wake))
         for child in self.children:
             child.start()
 
@@ -201,8 +226,12 @@ class Cluster:
     def api(self) -> str:
         return self.router.bound_api
 
-    def supervise(self) -> None:
-        """Call periodically: starts again any partition that exited."""
+    def supervise(self, timeout: float = 0.2) -> None:
+        """Call in a loop: waits up to ``timeout`` (less when a child exited or is due to
+        start again), then starts again any child whose delay has passed."""
+        due = [t for t in (c.next_check() for c in self.children) if t is not None]
+        self.wake.wait(min([timeout, *due]))
+        self.wake.clear()
         for child in self.children:
             child.check()
 
