@@ -93,7 +93,9 @@ class _Job:
         self.deadline = min(self.deadline, newer.deadline)
 
     def __repr__(self) -> str:
-        who = self.user if self.kind == "profile" else f"{len(self.keys)} texts"
+        # an item's key starts with NUL (engine.llm.item_profiles): shown as \0
+        who = (self.user.replace("\x00", "\\0") if self.kind == "profile"
+               else f"{len(self.keys)} texts")
         return f"_Job({self.kind} {who} {PRIORITIES[self.rank]} seq={self.seq})"
 
 

@@ -5,9 +5,12 @@
   the batch is applied when every actor has acknowledged. Durable position:
   ``position/users`` in the store's meta (a restart re-delivers what came
   after it; actors skip entries they already hold, so delivery is idempotent).
-* ``CatalogProjection`` (required too): folds ``item`` and ``user_attrs``
-  entries into the in-memory ``Catalog`` that readers share, and drops a user's
-  attributes at the user's `forget` tombstone. Its durable state is the
+* ``CatalogProjection`` (required too): folds ``item``, ``item_profile`` and
+  ``user_attrs`` entries into the in-memory ``Catalog`` that readers share (an
+  item's record with its profile, by the store's own rules:
+  ``engine.journal.catalog_records``), tells ``on_items`` which items an
+  ``item`` entry added or changed, and drops a user's attributes at the
+  user's `forget` tombstone. Its durable state is the
   materialised catalog the writer keeps in the same transaction as the log,
   so it starts from the head it loaded at.
 * ``ProfileProjection``: counts each user's behaviour entries since the
@@ -28,7 +31,8 @@ from typing import Callable
 
 from interest.actors.messages import Apply
 from interest.engine.journal.codec import CATALOG_STREAM
-from interest.engine.journal.events import FORGET_TYPE, PROFILE_TYPE
+from interest.engine.journal.catalog_records import fold_catalog_entry
+from interest.engine.journal.events import FORGET_TYPE, ITEM_PROFILE_TYPE, PROFILE_TYPE
 from interest.engine.journal.store import Store, position_key
 from interest.engine.journal.writer import WriteJob, Writer
 from interest.engine.projections.catalog import Catalog
@@ -125,9 +129,13 @@ class CatalogProjection(Projection):
         done()
 
     def _put(self, event: dict, changed: list) -> None:
-        if event["type"] == "item":
-            self.catalog.put_item(event["item"], event)
-            changed.append(event["item"])
+        if event["type"] in ("item", ITEM_PROFILE_TYPE):
+            item = event["item"]
+            record = fold_catalog_entry(self.catalog.get(item), event)
+            if record is not None:
+                self.catalog.put_item(item, record)
+            if event["type"] == "item":
+                changed.append(item)
         elif event["type"] == "user_attrs":
             self.catalog.put_user_attrs(event["user"], event["attrs"])
 

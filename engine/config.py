@@ -201,6 +201,8 @@ class InferenceSection:
     repeat_penalty: Positive
     vocab_limit: Size
     max_in_flight: Count
+    #: LLM-written item profiles, journaled as `item_profile` events, enrich item embeddings
+    item_profiles: bool
     prefill_chunk: Count
     cache_map_size_mb: Count
     cache_max_map_size_mb: Count

@@ -135,7 +135,9 @@ def test_most_recently_active_users_are_refreshed_first_and_say_where_they_wait(
         gate.wait(10)
         return '{"tags": ["drama"], "summary": "likes films"}'
     backend = FakeBackend(complete)
-    config = _config(max_in_flight=1)
+    # item profiles off: this gate holds every prompt, an item's too (the real model would
+    # pre-empt a background item profile; a fake blocked before its first token cannot)
+    config = _config(max_in_flight=1, item_profiles=False)
     users = ["old", "older", "newest", "newer"]
     stream_ts = {"older": 100.0, "old": 200.0, "newer": 300.0, "newest": 400.0}
     with _serve(tmp_path, config, backend) as srv:

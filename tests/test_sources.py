@@ -484,3 +484,37 @@ def test_drivers_name_the_recent_item_that_adds_most_and_reasons_differ(seed):
         assert PHRASES[top] in text.lower()               # the strongest source leads
         if top in ("sequential", "collaborative", "ease"):
             assert '"item ' in text                         # a title of the user's own
+
+
+def test_reasons_down_one_list_name_other_strong_events_before_repeating():
+    from interest.engine.recommend.reasons import DRIVER_SHARE, _fresh, reason
+    from interest.engine.recommend.scorers import tied_of
+    used: set = set()
+    assert [_fresh(list("abcd"), used) for _ in range(4)] == [
+        ["a", "b"], ["a", "c"], ["a", "d"], ["b", "c"]]      # most tied first, then the next
+    assert _fresh(["a"], used) == ["a"] and _fresh(["a"], used) == ["a"]   # no other: repeat
+    assert _fresh(list("ab"), None) == ["a", "b"]
+    cat = make_catalog(80)
+    rec = Recommender(cat, PARAMS, 3600.0)
+    entries = stream(600, 3, users=8, items=80)
+    for e in entries:
+        rec.observe(e)
+    models = rec.snapshot()
+    q, state = query_for(rec, "u1", entries)
+    rows = models.recommend(state, k=10)["items"]
+    alone = [reason(row, cat, state, models=models) for row in rows]
+    shared: set = set()
+    listed = [reason(row, cat, state, models=models, used=shared) for row in rows]
+    assert len(set(listed)) >= len(set(alone))
+    assert listed[0] == alone[0]                          # the first item keeps its best pair
+    checked = 0
+    for row, text in zip(rows, listed):                   # every event named is a strong one
+        top = max(row["sources"], key=row["sources"].get)
+        if top not in ("sequential", "collaborative"):
+            continue
+        found = models.scorer(top).contributions(q, row["item"])
+        strong = {a for a, _, _ in tied_of(found, DRIVER_SHARE, 99)}
+        named = {a for a in set(q.recent) if f'"{cat.title_of(a)}"' in text.split(";")[0]}
+        assert named and named <= strong, (text, strong)
+        checked += 1
+    assert checked >= 3

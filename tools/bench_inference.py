@@ -260,7 +260,8 @@ def measure_calls_per_event(ctx: Context) -> dict[str, Any]:
     ``calls_per_event``: profile refreshes the user actors asked the model for
     (after debounce, before the inference actor coalesces them) per ingested
     behaviour event: an upper bound on model calls. ``generations_per_event``:
-    generations the model actually ran while the replay was going on.
+    generations the model actually ran for user refreshes while the replay was going on
+    (item profiles, ``[inference] item_profiles``, left out).
     """
     from interest.engine import movielens  # noqa: PLC0415
     from interest.engine.serving.requests import parse_batch  # noqa: PLC0415
@@ -286,6 +287,8 @@ def measure_calls_per_event(ctx: Context) -> dict[str, Any]:
         done.wait(600)
         profiles = service.profiles.stats()
         generated = inference.stats().get("generations", 0)
+        if service.item_profiler is not None:     # catalog items' profiles are not refreshes
+            generated -= service.item_profiler.stats()["profiled"]
     finally:
         service.stop()
     n = len(ratings)

@@ -101,9 +101,13 @@ def _states(service, users: set[str]) -> dict:
 
 
 def _idle(service) -> bool:
+    """No user refresh left anywhere. Background work (catalog embeddings, item profiles:
+    ``[inference] item_profiles``, which go on for as long as the catalog takes) does not
+    count: it runs beside the refreshes being measured, as it does in service."""
     queue = service.profiles.queue()
+    depth = service.inference.stats()["queue_depth"]
     return (not queue["waiting"] and not queue["ready"] and not queue["running"]
-            and service.inference.queue_depth() == 0)
+            and not depth.get("online") and not depth.get("interactive"))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,6 +141,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["preemptions"] = stats.get("preemptions", 0)
             out["deadline_drops"] = stats.get("deadline_drops", 0)
             out["profiles"] = service.profiles.stats()
+            if service.item_profiler is not None:      # its generations are in the counts above
+                out["item_profiles"] = service.item_profiler.stats()
         finally:
             server.stop(30)
     return out

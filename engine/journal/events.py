@@ -1,8 +1,11 @@
 """Event types of PROTOCOL.md as frozen dataclasses, and their validation.
 
 ``parse_event(obj, limits)`` turns one decoded msgpack map into an event or
-raises ``ValidationError`` naming the field at fault. ``Event.to_wire()`` gives
-the map back, unknown keys included, so a stored event can be re-published.
+raises ``ValidationError`` naming the field at fault; derived types (``profile``,
+``forget``, ``item_profile``) are the service's own and never parsed from
+producers (``parse_item_profile`` checks an ``item_profile`` the service
+built). ``Event.to_wire()`` gives the map back, unknown keys included, so a
+stored event can be re-published.
 
 Besides each field's type: ``ts`` is finite and at most
 ``limits.max_future_skew_s`` ahead of the service clock, ``value`` is finite
@@ -41,12 +44,20 @@ CATALOG_TYPES = frozenset({"item", "user_attrs"})
 PROFILE_TYPE = "profile"
 #: The tombstone of an erasure (`forget`): the store erases the stream before appending it.
 FORGET_TYPE = "forget"
-DERIVED_TYPES = frozenset({PROFILE_TYPE, FORGET_TYPE})
+#: The language model's profile of a catalog item (catalog stream; see ``ItemProfileEvent``).
+ITEM_PROFILE_TYPE = "item_profile"
+DERIVED_TYPES = frozenset({PROFILE_TYPE, FORGET_TYPE, ITEM_PROFILE_TYPE})
+#: Every type journaled in the catalog stream (``codec.CATALOG_STREAM``).
+CATALOG_STREAM_TYPES = CATALOG_TYPES | {ITEM_PROFILE_TYPE}
 
 _KNOWN_KEYS = frozenset(
     {"v", "id", "type", "ts", "user", "item", "value", "query", "ctx",
      "title", "tags", "text", "attrs"}
 )
+
+#: An ``item_profile``'s fields (known to that type only: producers' events keep such keys)
+_ITEM_PROFILE_KEYS = frozenset({"v", "id", "type", "ts", "item", "keywords", "description",
+                                "model", "input_hash", "source_hash"})
 
 _PLAUSIBLE_SINCE = 631152000.0      # 1990-01-01: a ts/1000 after this looks like milliseconds
 
@@ -137,6 +148,30 @@ class ProfileEvent(Event):
         return {"user": self.user, "tags": list(self.tags), "summary": self.summary,
                 "model": self.model, "input_hash": self.input_hash,
                 "embedding": list(self.embedding) if self.embedding else None}
+
+
+@dataclass(frozen=True, slots=True)
+class ItemProfileEvent(Event):
+    """The language model's profile of a catalog item, journaled in the catalog stream.
+
+    ``keywords`` and ``description`` are the model's answer, ``model`` its id and
+    ``input_hash`` the hash of the prompt it answered (as for ``profile`` events);
+    ``source_hash`` names the item content the profile was written from
+    (``engine.llm.item_profiles.source_hash``: the title and tags the prompt showed), so
+    the catalog fold can tell a current profile from one an ``item`` update made stale.
+    """
+
+    item: str = ""
+    keywords: tuple[str, ...] = ()
+    description: str = ""
+    model: str = ""
+    input_hash: str = ""
+    source_hash: str = ""
+
+    def _fields(self) -> dict:
+        return {"item": self.item, "keywords": list(self.keywords),
+                "description": self.description, "model": self.model,
+                "input_hash": self.input_hash, "source_hash": self.source_hash}
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,37 +322,45 @@ def _mapping(obj: dict, key: str, limits: dict, *, required: bool) -> dict | Non
 
 
 def _tags(obj: dict, limits: dict) -> tuple[str, ...]:
-    value = obj.get("tags")
+    return _strings(obj, "tags", limits)
+
+
+def _strings(obj: dict, key: str, limits: dict) -> tuple[str, ...]:
+    """A list of non-empty strings (tags, keywords), duplicates dropped, order kept."""
+    value = obj.get(key)
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)):
-        raise ValidationError(f"field 'tags' must be a list of strings, got {type(value).__name__}")
+        raise ValidationError(f"field '{key}' must be a list of strings, "
+                              f"got {type(value).__name__}")
     if len(value) > limits["max_tags"]:
-        raise ValidationError(f"field 'tags' has more than {limits['max_tags']} entries")
+        raise ValidationError(f"field '{key}' has more than {limits['max_tags']} entries")
     out = []
     for i, tag in enumerate(value):
         if not isinstance(tag, str) or not tag:
-            raise ValidationError(f"field 'tags[{i}]' must be a non-empty string")
+            raise ValidationError(f"field '{key}[{i}]' must be a non-empty string")
         if len(tag) > limits["max_id_chars"]:
-            raise ValidationError(f"field 'tags[{i}]' is longer than {limits['max_id_chars']} characters")
+            raise ValidationError(f"field '{key}[{i}]' is longer than "
+                                  f"{limits['max_id_chars']} characters")
         out.append(tag)
     return tuple(dict.fromkeys(out))
 
 
-def _extra(obj: dict, limits: dict) -> dict:
+def _extra(obj: dict, limits: dict, known: frozenset = _KNOWN_KEYS) -> dict:
     """Unknown keys, kept as they are once checked like any nested content."""
     extra = {}
     for key, value in obj.items():
         if not isinstance(key, str):
             raise ValidationError(f"an event's keys must be strings, got a key of type "
                                   f"{type(key).__name__} ({_short(_quote(key), 40)})")
-        if key not in _KNOWN_KEYS:
+        if key not in known:
             _plain(key, value, limits)
             extra[key] = value
     return extra
 
 
-def _header(obj: Any, limits: dict, now: float) -> tuple[str, str, float, dict]:
+def _header(obj: Any, limits: dict, now: float,
+            known: frozenset = _KNOWN_KEYS) -> tuple[str, str, float, dict]:
     if not isinstance(obj, dict):
         raise ValidationError(f"an event must be a map, got {type(obj).__name__}")
     version = _require(obj, "v")
@@ -326,7 +369,7 @@ def _header(obj: Any, limits: dict, now: float) -> tuple[str, str, float, dict]:
     event_id = _identifier(obj, "id", limits["max_id_chars"])
     event_type = _string(obj, "type", 64)
     ts = _timestamp(obj, limits, now)
-    return event_id, event_type, ts, _extra(obj, limits)
+    return event_id, event_type, ts, _extra(obj, limits, known)
 
 
 def parse_event(obj: Any, limits: dict | None = None, now: float | None = None) -> Event:
@@ -356,6 +399,10 @@ def parse_event(obj: Any, limits: dict | None = None, now: float | None = None) 
             user=_identifier(obj, "user", limits["max_id_chars"]),
             attrs=_mapping(obj, "attrs", limits, required=True),
         )
+    if event_type == ITEM_PROFILE_TYPE:
+        raise ValidationError("field 'type': 'item_profile' events are written by the service "
+                              "itself (the language model's item profiles); producers cannot "
+                              "send them")
     known = sorted(BEHAVIOUR_TYPES | CATALOG_TYPES)
     raise ValidationError(f"field 'type' must be one of {known}, got {_quote(event_type)}")
 
@@ -370,3 +417,26 @@ def _behaviour(obj: dict, event_id: str, event_type: str, ts: float, extra: dict
     ctx = _mapping(obj, "ctx", limits, required=False)
     return BehaviourEvent(id=event_id, type=event_type, ts=ts, extra=extra, user=user,
                           item=item, value=value, query=query, ctx=ctx)
+
+
+def parse_item_profile(obj: Any, limits: dict | None = None,
+                       now: float | None = None) -> ItemProfileEvent:
+    """Validate an ``item_profile`` map (one the service built, or read back from the
+    journal) and build its event, or raise ValidationError naming the field at fault.
+
+    Producers never reach this: ``parse_event`` refuses the type."""
+    limits = {**default_limits(), **(limits or {})}
+    now = time.time() if now is None else now
+    event_id, event_type, ts, extra = _header(obj, limits, now, _ITEM_PROFILE_KEYS)
+    if event_type != ITEM_PROFILE_TYPE:
+        raise ValidationError(f"field 'type' must be {ITEM_PROFILE_TYPE!r}, "
+                              f"got {_quote(event_type)}")
+    return ItemProfileEvent(
+        id=event_id, type=event_type, ts=ts, extra=extra,
+        item=_identifier(obj, "item", limits["max_id_chars"]),
+        keywords=_strings(obj, "keywords", limits),
+        description=_string(obj, "description", limits["max_text_chars"], allow_empty=True),
+        model=_string(obj, "model", limits["max_id_chars"]),
+        input_hash=_string(obj, "input_hash", 128),
+        source_hash=_string(obj, "source_hash", 128),
+    )

@@ -12,8 +12,9 @@ environment and grows the map when it fills, retrying the whole batch so no
 write is lost.
 
 Streams: a user's id for user events, ``""`` (``CATALOG_STREAM``) for
-``item`` and ``user_attrs`` events. Event ids are scoped to their stream: the
-same id under two users is two events.
+``item`` and ``user_attrs`` events and the service's ``item_profile`` events
+(folded into their item's record: ``catalog_records``). Event ids are scoped
+to their stream: the same id under two users is two events.
 
 Erasure: committing a ``forget`` event (``events.FORGET_TYPE``, the `forget`
 op's tombstone) to a user's stream first erases, in the same transaction,
@@ -66,7 +67,8 @@ import msgpack
 from interest.engine.errors import DiskFull, InterestError, StoreError, StoreFull
 from interest.engine.journal.codec import (CATALOG_STREAM, SNAPSHOT_MAGIC, StoredEvent, decode_snapshot,
                                   encode_snapshot, snapshot_seq)
-from interest.engine.journal.events import FORGET_TYPE
+from interest.engine.journal.catalog_records import fold_catalog_entry
+from interest.engine.journal.events import FORGET_TYPE, ITEM_PROFILE_TYPE
 from interest.engine.journal.lock import DataDirLock
 from interest.engine.logs import RateLimitedLog
 
@@ -127,6 +129,10 @@ class _Txn(ABC):
 
     @abstractmethod
     def item_tags(self, item: str) -> tuple[str, ...]: ...
+
+    @abstractmethod
+    def item_record(self, item: str) -> dict | None:
+        """The item's materialised record as this transaction sees it (None if unknown)."""
 
     @abstractmethod
     def put_event(self, entry: StoredEvent) -> None: ...
@@ -200,11 +206,19 @@ def _append(txn: _Txn, stream: str, event: dict, recorded_at: float) -> AppendRe
     entry = StoredEvent(stream=stream, seq=txn.last_seq(stream) + 1, gseq=txn.next_gseq(),
                         recorded_at=recorded_at, event=event, tags=tags)
     txn.put_event(entry)
-    if event["type"] == "item":
-        txn.put_item(event["item"], event)
+    _materialise(txn, event)
+    return AppendResult(APPENDED, entry, erased)
+
+
+def _materialise(txn: _Txn, event: dict) -> None:
+    """Fold a catalog-stream event into the items or user-attributes table
+    (``catalog_records`` for items and their profiles)."""
+    if event["type"] in ("item", ITEM_PROFILE_TYPE):
+        record = fold_catalog_entry(txn.item_record(event["item"]), event)
+        if record is not None:
+            txn.put_item(event["item"], record)
     elif event["type"] == "user_attrs":
         txn.put_user_attrs(event["user"], event["attrs"])
-    return AppendResult(APPENDED, entry, erased)
 
 
 def _intact(record: bytes) -> bool:
@@ -242,11 +256,7 @@ def _restore(txn: _Txn, entry: StoredEvent) -> AppendResult:
     copy = StoredEvent(stream=entry.stream, seq=seq, gseq=txn.next_gseq(),
                        recorded_at=entry.recorded_at, event=entry.event, tags=entry.tags)
     txn.put_event(copy)
-    event = entry.event
-    if event["type"] == "item":
-        txn.put_item(event["item"], event)
-    elif event["type"] == "user_attrs":
-        txn.put_user_attrs(event["user"], event["attrs"])
+    _materialise(txn, entry.event)
     return AppendResult(APPENDED, copy)
 
 
@@ -390,6 +400,9 @@ class _MemoryTxn(_Txn):
     def item_tags(self, item):
         record = self.items.get(item) or self.s._items.get(item)
         return tuple(record.get("tags") or ()) if record else ()
+
+    def item_record(self, item):
+        return self.items.get(item) or self.s._items.get(item)
 
     def put_event(self, entry):
         self.ids.add((entry.stream, entry.event["id"]))
@@ -632,6 +645,10 @@ class _LmdbTxn(_Txn):
         if raw:
             self.s._tags_cache[item] = tags
         return tags
+
+    def item_record(self, item):
+        raw = self.txn.get(item.encode("utf-8"), db=self.s._items)    # sees this txn's writes
+        return _unpack(raw) if raw else None
 
     def put_event(self, entry):
         key = _journal_key(entry.stream, entry.seq)

@@ -1,7 +1,9 @@
 """Which partitions an event goes to, and a batch split into per-partition parts.
 
 An event map goes to its user's partition (``layout.partition_of``); item
-events (the catalog every partition scores from) go to every partition. A
+events (the catalog every partition scores from) and ``item_profile`` events
+(the service's own, never from producers: they travel only when
+``interest replay repartition`` copies a log) go to every partition. A
 ``user_attrs`` event, though in the catalog stream, belongs to one user: it
 goes to the owner only, so that ``forget`` there erases its only copy (and the
 global learner reads demographics from the owner).
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from interest.engine.partitions.layout import partition_of
 
 EVERY = -1          # owner of a catalog event: every partition
-BROADCAST_TYPES = frozenset({"item"})
+#: item events and the service's item profiles (``item_profile``, folded into the item's
+#: record): every partition scores from the whole catalog
+BROADCAST_TYPES = frozenset({"item", "item_profile"})
 
 
 def owner(event, partitions: int) -> int:

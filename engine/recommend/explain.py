@@ -145,8 +145,9 @@ def recommendations(state: InterestState, env, k: int = 10) -> dict:
     """
     models = snapshot_of(env.recommender)
     reply = models.recommend(state, k=k)
+    used: set = set()              # events named so far: reasons down the list differ
     for row in reply["items"]:
-        row["reason"] = reason(row, models.catalog, state, models=models)
+        row["reason"] = reason(row, models.catalog, state, models=models, used=used)
     return {"items": reply["items"], "strategy": reply["strategy"], "weights": reply["weights"]}
 
 

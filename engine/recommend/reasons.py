@@ -13,9 +13,17 @@ by title, the event of the user most tied to this item among those that add
 most to its score under that source (``driver`` of its scorer, DRIVER_SHARE); for content, the item's own tags that
 the user is into; for popularity, the item's rank. Without the snapshot the
 reason falls back to the user's newest items.
+
+Across one list (``used``, shared by the reasons of one reply) an item whose
+strongest events were already named for an item above it names the next
+strong ones instead, when it has any: each named event still adds at least
+DRIVER_SHARE of the most any adds to that item, so the sentence stays true,
+and ten items driven by the same two films do not read the same ten times.
 """
 
 from __future__ import annotations
+
+from itertools import combinations
 
 from interest.engine.recommend.scorers import tied_of
 
@@ -27,6 +35,8 @@ MAX_SOURCES = 2
 DRIVER_SHARE = 0.25
 #: at most this many events named per reason
 DRIVERS = 2
+#: the strong events a reason may choose its DRIVERS from, to differ from the reasons above
+ALTERNATIVES = 4
 #: source -> phrase family; tests look for these phrases
 PHRASES = {
     "sequential": "often comes next after",
@@ -100,16 +110,33 @@ def _shared_tags(item: str, catalog, state, n: int = 2) -> list[str]:
     return [tag for w, tag in ranked if w > 0][:n]
 
 
-def _driver(models, state, name: str, item: str) -> list[tuple[str, str]]:
+def _fresh(strong: list[str], used: set | None) -> list[str]:
+    """DRIVERS of the ``strong`` events (most tied first): the first choice not named
+    already in this list (``used``), else the most tied; the choice is added to ``used``."""
+    default = strong[:DRIVERS]
+    if used is None or not default:
+        return default
+    size = len(default)
+    choices = [default, *(list(c) for c in combinations(strong, size) if list(c) != default)]
+    chosen = next((c for c in choices if frozenset(c) not in used), default)
+    used.add(frozenset(chosen))
+    return chosen
+
+
+def _driver(models, state, name: str, item: str,
+            used: set | None = None) -> list[tuple[str, str]]:
     """[(an event item of the user that drives ``item`` under source ``name``, its type)]:
-    the DRIVERS most tied to the item among the strong contributors (the one closest in
-    meaning for the semantic source)."""
+    the DRIVERS most tied to the item among the strong contributors, preferring a pair
+    not named above in the same list (the one closest in meaning for the semantic
+    source)."""
     if models is None or state is None or name not in models.names:
         return []
     scorer = models.scorer(name)
     q, _ = models.query(state)
     if hasattr(scorer, "contributions"):
-        found = [row[0] for row in tied_of(scorer.contributions(q, item), DRIVER_SHARE, DRIVERS)]
+        strong = [row[0] for row in tied_of(scorer.contributions(q, item), DRIVER_SHARE,
+                                             ALTERNATIVES)]
+        found = _fresh(strong, used)
     elif hasattr(scorer, "driver"):
         hit = scorer.driver(q, item)
         found = [hit[0]] if hit else []
@@ -119,8 +146,8 @@ def _driver(models, state, name: str, item: str) -> list[tuple[str, str]]:
     return [(a, types.get(a, "view")) for a in found]
 
 
-def _clause(name: str, item: str, catalog, state, models) -> str:
-    events = _driver(models, state, name, item) if name in DRIVEN else []
+def _clause(name: str, item: str, catalog, state, models, used: set | None = None) -> str:
+    events = _driver(models, state, name, item, used) if name in DRIVEN else []
     if name in DRIVEN and not events and name != "semantic":
         events = _recent(state)
     phrase = PHRASES.get(name)
@@ -146,15 +173,16 @@ def _clause(name: str, item: str, catalog, state, models) -> str:
     return phrase or f"scored by {name}"
 
 
-def reason(item_row: dict, catalog, state, models=None) -> str:
+def reason(item_row: dict, catalog, state, models=None, used: set | None = None) -> str:
     """E.g. 'Often comes next after you rated "X" (Crime, Thriller); trending now (#4 ...)'.
 
     ``models``: the snapshot that scored the row; with it, the event named is the one
     that drives this item's score under the strongest source. The item's own tags that
-    the user is into follow the first clause (unless content, which names them, leads)."""
+    the user is into follow the first clause (unless content, which names them, leads).
+    ``used``: one set shared by the reasons of one list (see the module doc)."""
     item = item_row.get("item", "")
     names = reason_sources(item_row)
-    parts = [_clause(name, item, catalog, state, models) for name in names]
+    parts = [_clause(name, item, catalog, state, models, used) for name in names]
     if not parts:
         return "no strong signal: shown to fill the list"
     if names[0] != "content" and "content" not in names[1:]:

@@ -24,7 +24,9 @@ Families (labels in braces):
 - model: ``interest_model_available``, ``interest_model_queue_depth{priority}``,
   ``interest_model_tokens_per_second``, ``interest_model_in_flight``,
   ``interest_model_<counter>_total``, ``interest_cache_hit_ratio{cache}``,
-  ``interest_profiles_<counter>_total`` (the profile scheduler);
+  ``interest_profiles_<counter>_total`` (the profile scheduler),
+  ``interest_item_profiles_<counter>_total`` and ``interest_item_profiles_{queued,
+  in_flight,outstanding,waiting_embed}`` (the item profiler);
 - recommender: ``interest_fusion_weight{segment,source}``;
 - process: ``interest_rss_bytes``, ``interest_threads``, ``interest_up``,
   ``interest_ready``, ``interest_uptime_seconds``;
@@ -50,6 +52,8 @@ MODEL_COUNTERS = ("tokens", "generations", "generation_s", "completed", "errors"
                   "preemptions", "deadline_drops", "coalesced", "tokens_wasted", "embedded",
                   "unavailable")
 CACHES = {"profile": "profile_hit_rate", "embed": "embed_hit_rate"}
+#: item profiler sizes (the rest of its stats are counters)
+ITEM_PROFILE_GAUGES = frozenset({"queued", "in_flight", "outstanding", "waiting_embed"})
 
 
 def metric_name(name: str) -> str:
@@ -219,6 +223,12 @@ def _model(m: _Families, inference: dict) -> None:
     for name, value in sorted((inference.get("profiles") or {}).items()):
         m.counter(f"interest_profiles_{metric_name(name)}", f"profile scheduler counter {name}",
                   value)
+    for name, value in sorted((inference.get("item_profiles") or {}).items()):
+        if name in ITEM_PROFILE_GAUGES:
+            m.gauge(f"interest_item_profiles_{name}", f"item profiles {name}", value)
+        else:
+            m.counter(f"interest_item_profiles_{metric_name(name)}",
+                      f"item profiler counter {name}", value)
 
 
 def _http(m: _Families, http: dict) -> None:

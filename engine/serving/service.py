@@ -3,7 +3,7 @@
 Shape (ARCHITECTURE.md, "The log is the spine"):
 
     ingest_events ─▶ Writer (commit only) ─▶ CommittedLog ─┬▶ users     (actors; required)
-                                                           ├▶ catalog
+                                                           ├▶ catalog   (─▶ item profiler)
                                                            ├▶ learner   (publishes Models)
                                                            └▶ profiles  (when a model is used)
     handle(request) ─▶ Reader (user state copy + Models) ─▶ reply
@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import psutil
 
+from interest.actors.item_profiles import ItemProfiler, item_profile_event
 from interest.actors.messages import Query
 from interest.actors.profiles import ProfileScheduler, llm_reason
 from interest.actors.projections import CatalogProjection, ProfileProjection, UserStateProjection
@@ -35,10 +36,11 @@ from interest.actors.runtime import ActorDirectory, Dispatcher
 from interest.actors.user import UserActor, UserEnv, interests_reply
 from interest.engine.errors import BadRequest, InterestError, Overloaded, Unavailable
 from interest.engine.journal.codec import CATALOG_STREAM
-from interest.engine.journal.events import (CATALOG_TYPES, FORGET_TYPE, PROFILE_TYPE, Event,
-                                              ForgetEvent)
+from interest.engine.journal.events import (CATALOG_STREAM_TYPES, FORGET_TYPE, PROFILE_TYPE,
+                                              Event, ForgetEvent, parse_item_profile)
 from interest.engine.journal.store import APPENDED, Store, open_store
 from interest.engine.journal.writer import WriteJob, Writer
+from interest.engine.llm.item_profiles import ItemProfile
 from interest.engine.projections.catalog import Catalog
 from interest.engine.projections.learner import LearnerProjection
 from interest.engine.projections.global_link import GlobalModels
@@ -135,15 +137,38 @@ class Service:
                                     idle_seconds=rt["idle_seconds"],
                                     max_live=rt["max_live_actors"])
         self.profiles = None
+        self.item_profiler = None
         if self.inference is not None and self.inference.available:
             self.profiles = ProfileScheduler(
                 self.inference, self.catalog, self.config, tell_user=self.users.tell,
                 append_events=self.ingest_events, recommender=self.item_vectors)
             self.env.profiles = self.profiles
+            if self.config["inference"]["item_profiles"]:
+                self.item_profiler = self._item_profiler()
+
+    def _item_profiler(self) -> ItemProfiler:
+        """LLM item profiles (``[inference] item_profiles``): journaled, then embedded."""
+        icfg = self.config["inference"]
+        return ItemProfiler(self.inference, self.catalog.get, self.catalog.vocabulary,
+                            self.item_vectors.set_item_vector, embed_batch=icfg["embed_batch"],
+                            deadline_s=icfg["background_deadline_s"] * 10,
+                            on_profile=self._journal_item_profile)
+
+    def _journal_item_profile(self, profile: ItemProfile) -> None:
+        """Inference thread: append ``profile`` to the catalog stream as an ``item_profile``
+        event through the writer, like the profile scheduler's ``profile`` events (raises
+        ValidationError, and journals nothing, for a profile that is not schema-valid)."""
+        event = item_profile_event(profile, time.time())
+        parse_item_profile(event.to_wire(), self.limits)
+        self.ingest_events([event])
 
     def _build_projections(self) -> None:
         cfg = self.config["projections"]
-        on_items = self.profiles.embed_items if self.profiles is not None else None
+        on_items = None
+        if self.item_profiler is not None:
+            on_items = self.item_profiler.catalog_changed
+        elif self.profiles is not None:
+            on_items = self.profiles.embed_items
         projections = [
             (UserStateProjection(self.store, self.writer, self.users.tell), cfg["checkpoint_s"]),
             (CatalogProjection(self.store, self.catalog, self.dead, on_items), cfg["checkpoint_s"]),
@@ -372,6 +397,8 @@ class Service:
         out = {"available": self.inference.available, **self.inference.stats()}
         if self.profiles is not None:
             out["profiles"] = self.profiles.stats()
+        if self.item_profiler is not None:
+            out["item_profiles"] = self.item_profiler.stats()
         return out
 
     # ---------------------------------------------------------- lifecycle
@@ -398,6 +425,8 @@ class Service:
         snapshots), commit what is queued, and close the store only once the writer
         has stopped."""
         self._stopping.set()
+        if self.item_profiler is not None:
+            self.item_profiler.stop()
         if self.profiles is not None:
             self.profiles.stop()
         if self.inference is not None:
@@ -436,7 +465,7 @@ def _gc_policy(full_every_s: float) -> float:
 
 
 def _stream_of(event: Event) -> str:
-    return CATALOG_STREAM if event.type in CATALOG_TYPES else event.user
+    return CATALOG_STREAM if event.type in CATALOG_STREAM_TYPES else event.user
 
 
 def _stopping_error() -> Unavailable:
