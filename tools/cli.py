@@ -46,6 +46,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 PID`` prints every thread's stack to stderr (when stderr is a file:
+    not when a caller captured it in memory)."""
+    if not hasattr(signal, "SIGUSR1"):
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, OSError, ValueError):   # io.UnsupportedOperation: no fileno
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
@@ -64,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interest: unknown command {argv[0]!r}; the commands: {names} "
               "(`interest --help` says what each does)", file=sys.stderr)
         return 2
-    if hasattr(signal, "SIGUSR1"):
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _dump_stacks_on_sigusr1()
     module = importlib.import_module(entry[0])
     return module.main(argv[1:]) or 0
 
