@@ -165,8 +165,10 @@ class RecommendSection:
     feedback_every: Count
     max_histories: Count
     checkpoint_seconds: Positive
-    fusion_rate: NonNegative
-    fusion_shrink: Annotated[float, Range(0, 1)]
+    fusion_learn: bool
+    fusion_prior: Annotated[str, OneOf(("validated", "even"))]
+    fusion_step: Annotated[float, Range(1, above=True)]
+    fusion_evidence: Positive
     ease: bool
     ease_items: Annotated[int, Range(2)]
     ease_l2: Positive

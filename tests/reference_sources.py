@@ -227,26 +227,23 @@ def ref_explain(learner, state, item, use_llm=True):
             "weights": weights}
 
 
-def ref_pairs(raw: dict[str, dict], weights: dict, item: str, seen, hard: int) -> list:
-    """The pairwise examples' features for ``item`` against the ``hard`` best items ranked
-    above it (the drawn negatives are left to the caller): dicts all the way."""
+def ref_rank_of(raw: dict[str, dict], weights: dict, item: str, seen) -> int | None:
+    """How many items other than ``item`` and ``seen`` have a higher fused score under
+    ``weights`` (each source divided by its maximum); None when no source scores the
+    item: dicts all the way."""
     tops = {name: max(scores.values()) for name, scores in raw.items() if scores}
     totals: dict[str, float] = {}
     for name, scores in raw.items():
         top = tops.get(name)
         if not top:
             continue
-        f = weights[name] / top
         for other, v in scores.items():
-            totals[other] = totals.get(other, 0.0) + f * v
-    mine = totals.get(item, 0.0)
-    if mine <= 0:
-        return []
-    above = sorted((-t, other) for other, t in totals.items() if t > mine and other not in seen)
-
-    def feats(x):
-        return {name: raw[name].get(x, 0.0) / top for name, top in tops.items()}
-    return [(feats(item), feats(other)) for _, other in above[:hard]]
+            totals[other] = totals.get(other, 0.0) + weights[name] * (v / top)
+    if not any(raw[name].get(item, 0.0) > 0 for name in tops):
+        return None
+    mine = totals[item]
+    return sum(1 for other, t in totals.items()
+               if t > mine and other != item and other not in seen)
 
 
 def score_dict(models, name: str, q: Query, extra=None, use_llm: bool = True) -> dict:

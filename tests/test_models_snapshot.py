@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import threading
 
+import numpy as np
 import pytest
 
 from interest.engine.config import load_config
@@ -14,8 +15,9 @@ from interest.engine.journal.codec import StoredEvent
 from interest.engine.projections.catalog import Catalog
 from interest.engine.projections.state import FoldParams, InterestState
 from interest.engine.recommend import Learner, Recommender
-from interest.engine.recommend.learner import pairs_of
-from tests.reference_sources import (ref_explain, ref_pairs, ref_recommend, ref_scores,
+from interest.engine.recommend.fusion import candidates, ranks_of
+from interest.engine.recommend.learner import example_of
+from tests.reference_sources import (ref_explain, ref_rank_of, ref_recommend, ref_scores,
                                      score_dict)
 
 PARAMS = FoldParams.from_config(load_config())
@@ -173,21 +175,31 @@ def test_contributions_add_up_to_the_score_and_ranks_agree_with_explain():
                 assert explained["rank"] == n
 
 
-def test_fusion_examples_equal_the_dict_reference():
+def test_fusion_examples_rank_like_the_dict_reference():
+    """The rank of an item under every candidate weighting, from the learner's example
+    (engine.recommend.learner.example_of, fusion.ranks_of), equals the rank the dict
+    reference gives: items with a higher fused score, the user's own left out."""
     learner, entries, rng = learned(5, n=400)
     models = learner.models
+    sources = learner.fusion.sources
+    checked = 0
     for state in with_profiles(fold(entries), rng)[2:]:
         q, segment = models.query(state, True)
-        weights = learner.fusion.weights(None, segment, q.context)
-        scored = models.scored(q, None, True).fuse(weights)
+        scored = models.scored(q, None, True)
         want_raw = ref_scores(learner, q, None, True)
         seen = models.positions(state.seen)
+        cands = candidates(learner.fusion.weights(None, segment, q.context),
+                           learner.fusion.prior[segment], 2.0, 0.005)
+        matrix = np.array([[c[s] for s in sources] for c in cands])
         for item in ["i0", "i3", "i12", "i33", "nope", *sorted(state.seen)[:3]]:
-            got = pairs_of(scored, models.position(item), seen, learner.index.ids, 4, 4, None)
-            want = ref_pairs(want_raw, weights, item, state.seen, 4)
-            assert len(got) == len(want)
-            for (gp, gn), (wp, wn) in zip(got, want):
-                assert gp == pytest.approx(wp) and gn == pytest.approx(wn)
+            example = example_of(scored, models.position(item), seen, sources)
+            want = [ref_rank_of(want_raw, c, item, state.seen) for c in cands]
+            if example is None:
+                assert want == [None] * len(cands)
+                continue
+            assert ranks_of(*example[:1], matrix, example[1]).tolist() == want
+            checked += 1
+    assert checked > 20
 
 
 # ---------------------------------------------------------- incremental

@@ -16,7 +16,7 @@ same writer, actors and recommender as the server; LMDB with sync off):
 ``service_no_llm`` is the service with its language-model sources switched
 off (recommender ``use_llm=False``: no profile embedding/summary/tags, no item
 vectors), and ``service_fixed_weights`` the service's sources fused with the
-prior weights (no online learning of the fusion), both ranked from the same
+prior weights (``[recommend] fusion_prior``; no online learning of the fusion), both ranked from the same
 state and snapshot at the same points.
 
 Slices, for every system: ``cold_hr@k`` (users with fewer than 5 prior
@@ -207,9 +207,10 @@ class Harness:
         self.config = load_config(config_path, store={"sync": False}, projections={"learner": "thread"})
         self.limits = self.config["limits"]
         self.service = Service(self.config, Path(tmp) / "data")
-        from interest.engine.recommend.fusion import Fusion
+        from interest.engine.recommend.fusion import PRIORS, Fusion
         names = list(self.service.learner.models.names)
-        self.shadow = {"service_fixed_weights": {"fusion": Fusion(names, adapt=False)}}
+        prior = PRIORS[self.config["recommend"]["fusion_prior"]]
+        self.shadow = {"service_fixed_weights": {"fusion": Fusion(names, prior, adapt=False)}}
         for name in SINGLE:
             self.shadow[f"only_{name}"] = {"fusion": Only(names, name)}
         if use_llm_shadow:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from interest.engine.recommend.fusion import PRIORS
 from interest.engine.recommend.learner import MODEL_FORMAT, Learner, write_atomic  # noqa: F401
 from interest.engine.recommend.models import Models
 
@@ -39,8 +40,8 @@ def model_path(data_dir: str | Path) -> Path:
 class Recommender:
     def __init__(self, catalog, params, popularity_half_life_s: float = 604800.0, **options):
         """``options``: those of ``Learner`` (use_llm, history, weights, adapt,
-        feedback_every, max_histories, max_stale, negatives, hard, fusion_rate,
-        fusion_shrink, ease, ease_items, ease_l2, ease_first, ease_every)."""
+        feedback_every, max_histories, max_stale, fusion_step, fusion_evidence, ease,
+        ease_items, ease_l2, ease_first, ease_every)."""
         self.learner = Learner(catalog, params, popularity_half_life_s, **options)
         self._lock = threading.RLock()
         #: evaluation hook: {name: {"use_llm": bool}}; each recommend also ranks
@@ -62,7 +63,9 @@ class Recommender:
         rec = config["recommend"]
         return cls(catalog, params, rec["popularity_half_life_s"],
                    feedback_every=rec["feedback_every"], max_histories=rec["max_histories"],
-                   fusion_rate=rec["fusion_rate"], fusion_shrink=rec["fusion_shrink"],
+                   adapt=rec["fusion_learn"], weights=PRIORS[rec["fusion_prior"]],
+                   fusion_step=rec["fusion_step"],
+                   fusion_evidence=rec["fusion_evidence"],
                    ease_items=rec["ease_items"], ease_l2=rec["ease_l2"],
                    ease_every=rec["ease_every"], ease=rec["ease"])
 

@@ -27,10 +27,10 @@ replaying the same journal gives the same weights:
   snapshot published at the last mark (every ``max_stale`` learned events, a
   count, not a clock), which has not learned the event: a snapshot that had
   would flatter the sources that learn fastest (a transition seen once tops
-  the sequential list). The items ranked above the one the user acted on
-  (not in its history) are the candidates, the ``hard`` best of them and
-  ``negatives - hard`` more drawn with a seed of the user and event count are
-  the negatives, and the fusion takes one step (engine.recommend.fusion).
+  the sequential list). The example is every source's normalised scores over
+  the items some source scored (not in the user's history) and the item the
+  user acted on (``example_of``); the fusion ranks it under each of its
+  candidate weightings and keeps the evidence (engine.recommend.fusion).
 
 Replaying the journal from the start gives the same weights. A restart from a
 checkpoint taken between two marks scores the examples until the next mark
@@ -72,46 +72,29 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def features(scored, i: int) -> dict[str, float]:
-    """Item position ``i``'s score from each source, divided by the source's maximum for the
-    query (the ``x_s`` of engine.recommend.fusion); sources with nothing to say are left out."""
-    out = {}
-    for name, vec in zip(scored.names, scored.vectors):
-        if vec is not None:
-            top = float(vec.max())
-            if top > 0:
-                out[name] = float(vec[i]) / top
-    return out
-
-
-def pairs_of(scored, target: int | None, seen, ids: list, negatives: int, hard: int,
-             rng: random.Random, depth: int | None = None) -> list[tuple[dict, dict]]:
-    """(features of ``target``, features of a negative) for negatives among the items the
-    fused ``scored.total`` ranks above ``target`` and not in ``seen`` (positions): the
-    ``hard`` best (ties by id), then ``negatives - hard`` drawn from the rest with ``rng``.
-    Nothing when the target is unknown, unscored, already first, or has ``depth`` or more
-    items above it (out of reach of a re-weighting: the example would teach the order of
-    the long tail, not of the list a user sees)."""
+def example_of(scored, target: int | None, seen, sources: list[str]):
+    """A fusion example (engine.recommend.fusion ``credit``): ``(features, row)`` with
+    ``features`` an items x sources array of each source's score divided by its maximum
+    for the query, over every item some source scored except ``seen`` (positions) and
+    the target, then the target itself (the last row). None when the target is unknown
+    or no source scores it (no candidate could rank it, so nothing to compare)."""
     if target is None:
-        return []
-    total = scored.total
-    mine = float(total[target])
-    if mine <= 0:
-        return []
-    above = total > mine
-    above[seen] = False
-    cand = np.flatnonzero(above)
-    if not len(cand) or (depth is not None and len(cand) >= depth):
-        return []
-    order = [i for _, _, i in sorted(zip((-total[cand]).tolist(),
-                                         [ids[i] for i in cand.tolist()], cand.tolist()))]
-    chosen = order[:hard]
-    rest = order[hard:]
-    if rest and negatives > hard:
-        chosen += [rest[j] for j in sorted(rng.sample(range(len(rest)),
-                                                      min(negatives - hard, len(rest))))]
-    pos = features(scored, target)
-    return [(pos, features(scored, j)) for j in chosen]
+        return None
+    vectors = [(sources.index(name), vec, float(vec.max())) for name, vec
+               in zip(scored.names, scored.vectors) if vec is not None and name in sources]
+    vectors = [(j, vec, top) for j, vec, top in vectors if top > 0]
+    if not any(vec[target] > 0 for _, vec, _ in vectors):
+        return None
+    pool = np.zeros(len(vectors[0][1]), dtype=bool)
+    for _, vec, _ in vectors:
+        pool |= vec > 0
+    pool[seen] = False
+    pool[target] = False
+    rows = np.append(np.flatnonzero(pool), target)
+    features = np.zeros((len(rows), len(sources)), dtype=np.float64)
+    for j, vec, top in vectors:
+        features[:, j] = vec[rows] / top
+    return features, len(rows) - 1
 
 
 class Learner:
@@ -119,17 +102,17 @@ class Learner:
     entries on one owner thread, published as immutable ``Models``.
 
     ``max_stale``: every this many learned events the queued fusion examples are
-    credited (``observe`` publishes first). ``negatives``/``hard``: negatives per
-    example, of which the best ranked. ``ease_first``/``ease_every``: event counts at
+    credited (``observe`` publishes first). ``fusion_step``/``fusion_evidence``: the
+    fusion's candidate tilt and the evidence a move needs (engine.recommend.fusion).
+    ``ease_first``/``ease_every``: event counts at
     which EASE is refit; ``ease=False`` never fits it (the default config's choice).
     """
 
     def __init__(self, catalog, params, popularity_half_life_s: float = 604800.0, *,
                  use_llm: bool = True, history: int = 100, weights: dict | None = None,
                  adapt: bool = True, feedback_every: int = 4, max_histories: int = 200_000,
-                 max_stale: int = 256, negatives: int = 8, hard: int = 0,
-                 depth: int | None = None,
-                 fusion_rate: float = 0.03, fusion_shrink: float = 0.01,
+                 max_stale: int = 256, fusion_step: float = 2.0,
+                 fusion_evidence: float = 2.5,
                  ease_items: int = 2000, ease_l2: float = 200.0, ease_first: int = 1000,
                  ease_every: int = 20_000, ease: bool = True):
         self.catalog = catalog
@@ -138,7 +121,6 @@ class Learner:
         self.history_len = history
         self.feedback_every = max(1, feedback_every)
         self.max_stale = max(1, max_stale)
-        self.negatives, self.hard, self.depth = negatives, hard, depth
         self.tag_matrix = TagMatrix(catalog)
         self.sequential = Sequential()
         self.collaborative = Collaborative()
@@ -152,8 +134,8 @@ class Learner:
         self.sources = [self.sequential, self.collaborative, self.ease, self.content,
                         self.semantic, self.popularity_source, self.demographic]
         self.names = [s.name for s in self.sources]
-        self.fusion = Fusion(self.names, weights, adapt=adapt, rate=fusion_rate,
-                             shrink=fusion_shrink)
+        self.fusion = Fusion(self.names, weights, adapt=adapt, step=fusion_step,
+                             evidence=fusion_evidence)
         #: user -> recent positive items, LRU-bounded so memory follows active users;
         #: an evicted user's co-occurrence window simply starts again
         self.histories: OrderedDict[str, list[str]] = OrderedDict()
@@ -165,7 +147,7 @@ class Learner:
         self.gseq = 0              # last global position observed
         self.base_gseq = 0         # positions already inside a loaded model
         self.observed = 0
-        self.credits = {"feedback": 0, "pairs": 0}
+        self.credits = {"feedback": 0, "examples": 0}
         self._vectors: deque = deque()               # (item, vector), from any thread
         self.index = ItemIndex()
         self._tags = None
@@ -279,14 +261,13 @@ class Learner:
         q = Query(user=user, recent=list(hist), attrs=self.catalog.attrs.get(user),
                   context=context_of(gap))
         key = key_of(segment_of(before), q.context)
-        scored = models.scored(q, None, self.use_llm).fuse(self.fusion.weights(None, key))
-        rng = random.Random(zlib.crc32(f"{user}\x00{before}".encode("utf-8")))
-        pairs = pairs_of(scored, models.position(item), models.positions(hist), self.index.ids,
-                         self.negatives, self.hard, rng, self.depth)
+        scored = models.scored(q, None, self.use_llm)
+        example = example_of(scored, models.position(item), models.positions(hist),
+                             self.fusion.sources)
         self.credits["feedback"] += 1
-        if pairs:
-            self.fusion.credit(user, key, pairs)
-            self.credits["pairs"] += len(pairs)
+        if example is not None:
+            self.fusion.credit(user, key, example)
+            self.credits["examples"] += 1
 
     # -------------------------------------------------------- publishing
 
