@@ -10,26 +10,11 @@ import pytest
 
 from interest.engine.llm import prompts
 from interest.engine.config import load_config
-from interest.engine.errors import ModelUnavailable
+from tests.real_model import model_or_skip
 
 pytestmark = [pytest.mark.model, pytest.mark.integration]
 
-try:
-    from interest.engine.llm.model_files import bundled_model_path
-
-    MODEL_PATH = bundled_model_path()
-    SKIP_REASON = ""
-except ModelUnavailable as exc:  # pragma: no cover - depends on the environment
-    MODEL_PATH = None
-    SKIP_REASON = f"bundled model not found: {exc}"
-
-try:
-    import llama_cpp  # noqa: F401
-except ImportError:  # pragma: no cover
-    SKIP_REASON = SKIP_REASON or "llama-cpp-python is not installed"
-
-if SKIP_REASON:
-    pytest.skip(SKIP_REASON, allow_module_level=True)
+MODEL_PATH = model_or_skip()
 
 from interest.actors.inference import Inference  # noqa: E402
 from interest.engine.llm.backends import LlamaBackend, Preempted  # noqa: E402

@@ -9,25 +9,11 @@ from __future__ import annotations
 import pytest
 
 from interest.engine.config import load_config
-from interest.engine.errors import ModelUnavailable
+from tests.real_model import model_or_skip
 
 pytestmark = [pytest.mark.model, pytest.mark.integration]
 
-try:
-    from interest.engine.llm.model_files import bundled_model_path
-
-    bundled_model_path()
-    SKIP_REASON = ""
-except ModelUnavailable as exc:  # pragma: no cover - depends on the environment
-    SKIP_REASON = f"bundled model not found: {exc}"
-
-try:
-    import llama_cpp  # noqa: F401
-except ImportError:  # pragma: no cover
-    SKIP_REASON = SKIP_REASON or "llama-cpp-python is not installed"
-
-if SKIP_REASON:
-    pytest.skip(SKIP_REASON, allow_module_level=True)
+model_or_skip()
 
 from interest.actors.inference import Inference  # noqa: E402
 from interest.engine.journal.codec import CATALOG_STREAM  # noqa: E402
