@@ -156,6 +156,7 @@ def test_examples_are_scored_with_the_last_mark_and_replay_gives_the_same_weight
         assert a.marked.n <= len(a.index)
     assert a.credits["feedback"] >= 590 and a.credits["examples"] > 0 and a.ease.fits == 3
     assert any(v > 0 for v in a.fusion.stats()["updates"].values())
+    assert sum(a.fusion.stats()["moves"].values()) > 0     # the weights did move
     b = Learner(_catalog(60), PARAMS, feedback_every=1, max_stale=50, ease_first=100,
                 ease_every=200, fusion_evidence=1.0)
     for e in entries[:350]:       # a restart from a checkpoint at a mark
