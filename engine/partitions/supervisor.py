@@ -81,6 +81,7 @@ class Child:
         self.proc: subprocess.Popen | None = None
         self.started = 0.0
         self.exit_code: int | None = None     # set by the watcher thread
+        self.stopping = False                 # terminate() was called: an exit is expected
         self.restart_at: float | None = None
         self.restarts = 0
 
@@ -97,7 +98,8 @@ class Child:
     def _watch(self, proc: subprocess.Popen) -> None:
         """Watcher thread: wait for ``proc`` to end, then wake the supervisor's loop."""
         code = proc.wait()
-        logger.warning("%s (pid %d) exited with %s", self.name, proc.pid, code)
+        log = logger.info if self.stopping else logger.warning
+        log("%s (pid %d) exited with %s", self.name, proc.pid, code)
         if proc is self.proc:
             self.exit_code = code
             self.wake.set()
@@ -129,6 +131,7 @@ class Child:
         return 0.0 if self.exit_code is not None else None
 
     def terminate(self) -> None:
+        self.stopping = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
 

@@ -42,7 +42,6 @@ The EASE source is refit on the owner thread too, at event counts (first at
 
 from __future__ import annotations
 
-import random
 import time
 import zlib
 from collections import OrderedDict, deque
