@@ -17,10 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-import lmdb
 from tqdm import tqdm
 
+from interest.engine.errors import InterestError
 from interest.engine.journal.codec import CATALOG_STREAM
+from interest.engine.journal.store import LmdbStore
 from interest.engine.partitions.layout import partition_dir, read_layout
 from interest.engine.serving.aio import AsyncClient
 from interest.engine.serving.client_errors import RequestError
@@ -43,29 +44,19 @@ def stored_users(data_dir: str | Path) -> list[str]:
     return sorted(users)
 
 
-def _journal_streams(path: Path):
-    """The streams in one store's journal. Its keys are the stream's UTF-8 bytes, a zero
-    byte and an 8-byte sequence number (engine/journal/store.py, ``_journal_key``): one
-    seek per stream, to the first key past its entries."""
+def _journal_streams(path: Path) -> list[str]:
+    """The streams in one store (``Store.streams()``), opened beside the running service
+    the way its model learner opens it (LMDB readers never block the writer)."""
     if not (path / "data.mdb").is_file():
         raise options.InputError(f"no store at {path} (is --data the service's data directory?)")
     try:
-        env = lmdb.open(str(path), readonly=True, lock=True, max_dbs=16)
-    except lmdb.Error as exc:
+        store = LmdbStore(path)
+    except InterestError as exc:
         raise options.InputError(f"cannot read the store at {path}: {exc}") from exc
     try:
-        journal = env.open_db(b"journal", create=False)
-        with env.begin(db=journal) as txn:
-            cursor = txn.cursor()
-            found = cursor.first()
-            while found:
-                stream = cursor.key()[:-9]
-                yield stream.decode("utf-8")
-                found = cursor.set_range(stream + b"\x01")
-    except lmdb.Error as exc:
-        raise options.InputError(f"cannot read the store at {path}: {exc}") from exc
+        return list(store.streams())
     finally:
-        env.close()
+        store.close()
 
 
 def listed_users(path: str | Path) -> list[str]:
