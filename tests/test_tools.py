@@ -292,3 +292,13 @@ def test_query_prints_error_replies_and_exits_1(service):
     assert json.loads(done.stdout)["error"]["code"] == "bad_request"
     host_port = service.api.removeprefix("tcp://")
     assert interest("query", "ping", "--api", host_port).returncode == 0
+
+
+def test_serve_http_option_alone_means_the_documented_port():
+    from interest.tools.serve import DEFAULT_HTTP, build_parser
+    parser = build_parser()
+    assert parser.parse_args(["--http"]).http == DEFAULT_HTTP == "127.0.0.1:7102"
+    assert parser.parse_args(["--http", "", "--log-level", "INFO"]).http == ""
+    assert parser.parse_args(["--http", "--log-level", "INFO"]).http == DEFAULT_HTTP
+    assert parser.parse_args(["--http", "0.0.0.0:9000"]).http == "0.0.0.0:9000"
+    assert parser.parse_args([]).http is None              # then [http] address (off)

@@ -22,6 +22,10 @@ from interest.tools import serve_partitions
 from interest.tools.options import address
 
 
+#: ``interest serve --http`` without an address
+DEFAULT_HTTP = "127.0.0.1:7102"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interest serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "tcp://127.0.0.1:7100 (HOST:PORT means tcp://); default [service] ingest")
     parser.add_argument("--api", type=address, help="api ROUTER address, e.g. "
                         "tcp://127.0.0.1:7101 (HOST:PORT means tcp://); default [service] api")
-    parser.add_argument("--http", help="HTTP side port HOST:PORT, e.g. 127.0.0.1:7102 "
-                                       "(metrics, probes, dashboard, JSON api); default [http] "
-                                       "address, \"\" = off")
+    parser.add_argument("--http", nargs="?", const=DEFAULT_HTTP, metavar="HOST:PORT",
+                        help="serve the HTTP side port (metrics, probes, dashboard, JSON api) "
+                             f"on HOST:PORT; --http alone: {DEFAULT_HTTP}; \"\" = off; "
+                             "default [http] address (off)")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="least severe log level written (default %(default)s)")
     parser.add_argument("--log-format", default="text", choices=LOG_FORMATS,
