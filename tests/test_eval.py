@@ -119,3 +119,37 @@ def test_validation_split_holds_out_the_second_to_last_and_the_warm_up():
 
 def test_main_reports_a_missing_folder(tmp_path, capsys):
     assert ev.main(["--data", str(tmp_path / "absent"), "--no-progress"]) == 2
+
+
+class ProfilingModel:
+    """The inference actor's blocking ``profile``, answered from a table (a failure for
+    the items it does not know), recording the prompts it was given."""
+
+    def __init__(self, answers: dict):
+        self.answers, self.prompts = answers, []
+
+    def profile(self, user, items, queries=(), vocabulary=(), **_options):
+        from interest.actors.inference_requests import ProfileResult
+        from interest.engine.errors import DeadlineExceeded
+        self.prompts.append((user, items, tuple(vocabulary)))
+        item = items[0]["item"]
+        if item not in self.answers:
+            raise DeadlineExceeded("the model did not answer in time")
+        tags, summary = self.answers[item]
+        return ProfileResult(user, tags, summary, "m", "h", False, 1.0, None)
+
+
+def test_item_profiles_enrich_each_items_text_and_a_failure_keeps_the_plain_text():
+    from interest.engine.config import load_config
+    data = chains(users=3, length=3, cycle=4)
+    first = data.items[0]["item"]
+    model = ProfilingModel({first: (("space", "drama"), "Slow, lonely space drama.")})
+    texts = ev._item_texts(data, model, load_config(), progress=False)
+    assert set(texts) == {r["item"] for r in data.items}
+    assert "Slow, lonely space drama." in texts[first] and "Keywords: space" in texts[first]
+    from interest.engine.llm.item_profiles import profile_text
+    for record in data.items[1:]:                     # the model failed: catalog text only
+        assert texts[record["item"]] == profile_text(record["item"], record, None)
+    user, items, vocabulary = model.prompts[0]
+    assert items[0]["item"] == first and user.endswith(first)
+    assert vocabulary                                 # the catalog's tags, as the service sends
