@@ -363,14 +363,21 @@ def test_no_answer_in_time_is_504(start, stalled_users):
     stalled_users.set()
 
 
-def test_too_many_requests_in_progress_is_503(start, stalled_users):
-    srv = start(make_config(http={"max_requests": 1, "request_timeout_s": 5.0}))
-    results = []
+def ingest_in_progress(srv, results: list) -> threading.Thread:
+    """A thread whose `POST /v1/events` the (stalled) service holds, returned once the HTTP
+    side counts it in progress; its (status, body, headers) lands in ``results``."""
     waiting = threading.Thread(target=lambda: results.append(
         call(srv, "POST", "/v1/events", [event("a", item="m1")])))
     waiting.start()
+    wait_for(lambda: srv.http.http_stats()["in_progress"] == 1, reason="one in progress")
+    return waiting
+
+
+def test_too_many_requests_in_progress_is_503(start, stalled_users):
+    srv = start(make_config(http={"max_requests": 1, "request_timeout_s": 5.0}))
+    results = []
+    waiting = ingest_in_progress(srv, results)
     try:
-        wait_for(lambda: srv.http.http_stats()["in_progress"] == 1, reason="one in progress")
         _, head = error_of(srv, "GET", "/v1/users/u1/interests", 503, "unavailable")
         assert head["retry-after"] == "1"
         assert call(srv, "GET", "/healthz")[0] == 200          # probes are never refused
@@ -476,11 +483,8 @@ def test_stop_is_bounded_and_answers_what_still_waits(start, stalled_users):
     answered 503 (unavailable) just before the port closes."""
     srv = start(make_config(http={"request_timeout_s": 30.0}))
     results = []
-    waiting = threading.Thread(target=lambda: results.append(
-        call(srv, "POST", "/v1/events", [event("a", item="m1")])))
-    waiting.start()
+    waiting = ingest_in_progress(srv, results)
     try:
-        wait_for(lambda: srv.http.http_stats()["in_progress"] == 1, reason="one in progress")
         t0 = time.monotonic()
         srv.http.stop(2.0)
         assert time.monotonic() - t0 < 3.5
