@@ -19,8 +19,9 @@ import zmq
 import zmq.asyncio
 
 from interest.engine.journal.codec import decode_frame, encode_frame
-from interest.engine.serving.client import (CURVE_HINT, MAX_REPLY_BYTES, WATCH_S,
-                                            ConnectionWatch, Operations, connect, no_service)
+from interest.engine.serving.client import (MAX_REPLY_BYTES, WATCH_S,
+                                            ConnectionWatch, Operations, connect, no_reply,
+                                            no_service)
 from interest.engine.serving.client_errors import (RequestError, Timeout, error_from_reply,
                                                    normalize_address)
 from interest.engine.serving.retry import RetryPolicy
@@ -99,8 +100,7 @@ class AsyncClient(Operations):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Timeout(f"no reply from {self.api} within {wait:g} s"
-                              + (CURVE_HINT if self.secure else ""))
+                raise no_reply(self.api, wait, self.secure)
             done, _ = await asyncio.wait({future}, timeout=min(left, WATCH_S))
             if done:
                 return future.result()

@@ -79,6 +79,11 @@ def no_service(address: str, secure: bool) -> NoService:
                      + (CURVE_HINT if secure else ""))
 
 
+def no_reply(address: str, wait: float, secure: bool) -> Timeout:
+    """The error of a request that got no reply within ``wait`` seconds."""
+    return Timeout(f"no reply from {address} within {wait:g} s" + (CURVE_HINT if secure else ""))
+
+
 class Operations:
     """One method per api op; each returns ``self.call(...)`` (a reply map, or for the
     asyncio client a coroutine of one). Fields left as None are not sent."""
@@ -206,8 +211,7 @@ class Client(Operations):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Timeout(f"no reply from {self.api} within {wait:g} s"
-                              + (CURVE_HINT if self.secure else ""))
+                raise no_reply(self.api, wait, self.secure)
             if not sock.poll(int(min(left, WATCH_S) * 1000), zmq.POLLIN):
                 watch.check(sock)
                 continue
