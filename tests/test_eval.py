@@ -153,3 +153,10 @@ def test_item_profiles_enrich_each_items_text_and_a_failure_keeps_the_plain_text
     user, items, vocabulary = model.prompts[0]
     assert items[0]["item"] == first and user.endswith(first)
     assert vocabulary                                 # the catalog's tags, as the service sends
+
+
+def test_item_profiles_without_the_model_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        ev.main(["--item-profiles"])
+    assert exit_.value.code == 2
+    assert "--item-profiles needs --llm" in capsys.readouterr().err

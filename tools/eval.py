@@ -514,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "interest-eval-cache"),
                         help="inference result cache reused across runs (with --llm)")
     args = parser.parse_args(argv)
+    if args.item_profiles and not args.llm:
+        parser.error("--item-profiles needs --llm (the profiles enrich the model's item embeddings)")
     try:
         data = movielens.load(args.data)
     except FileNotFoundError as exc:
